@@ -1,0 +1,1 @@
+"""jeo-tiler mosaics: the scene catalog, reading scenes and compositing them per tile or window."""
