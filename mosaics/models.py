@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from mosaics.errors import NotFound
+
+
+# Common names that stand in for another when an item lacks it (Landsat's NIR is `nir08`).
+COMMON_NAME_FALLBACKS: dict[str, tuple[str, ...]] = {"nir": ("nir08",), "rededge": ("rededge1",)}
+
 
 @dataclass(frozen=True)
 class RasterBand:
@@ -50,6 +56,7 @@ class Item:
     """A scene: one acquisition with its assets. `bbox` and `geometry` are in EPSG:4326.
 
     `version` changes whenever the stored item changes (re-ingest with different content).
+    `stac` is the item JSON as ingested, with absolute asset hrefs.
     """
 
     id: str
@@ -63,6 +70,18 @@ class Item:
     processing_baseline: str | None = None
     properties: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     version: str = ""
+    stac: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def asset(self, name: str) -> Asset:
+        """The asset called `name`: an asset key, an `eo:bands` name (B04) or a common name (red)."""
+        if name in self.assets:
+            return self.assets[name]
+        for candidate in (name, *COMMON_NAME_FALLBACKS.get(name, ())):
+            for attribute in ("names", "common_names"):
+                for asset in self.assets.values():
+                    if candidate in getattr(asset, attribute):
+                        return asset
+        raise NotFound("asset", name, f"item '{self.id}' has {', '.join(self.assets)}")
 
 
 @dataclass(frozen=True)

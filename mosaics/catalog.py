@@ -1,0 +1,510 @@
+"""The embedded scene catalog: static STAC catalogs ingested into SQLite, searched by space, time and clouds.
+
+Items are upserted, never deleted, by `Catalog.ingest`. Footprints are in EPSG:4326; an item bbox
+with west > east (crossing the antimeridian) is indexed over all longitudes and its geometry must be
+split at the antimeridian as RFC 7946 asks, so that the exact intersection test is right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import rasterio.warp
+import shapely
+import shapely.geometry
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from shapely.geometry.base import BaseGeometry
+
+from . import stac
+from .errors import CatalogError, InvalidParameter, NotFound
+from .models import Asset, Collection, Item, RasterBand
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    id             TEXT PRIMARY KEY,
+    title          TEXT,
+    description    TEXT NOT NULL,
+    west REAL, south REAL, east REAL, north REAL,  -- extent.spatial.bbox[0] (EPSG:4326), NULL if absent
+    start_datetime TEXT,                           -- extent.temporal.interval[0], NULL if absent or open
+    end_datetime   TEXT,
+    stac           TEXT NOT NULL,                  -- the collection JSON
+    version        TEXT NOT NULL                   -- hash of the collection JSON and its items' versions
+);
+
+CREATE TABLE IF NOT EXISTS items (
+    pk                  INTEGER PRIMARY KEY,       -- = item_footprints.id = assets.item
+    collection          TEXT NOT NULL REFERENCES collections (id),
+    id                  TEXT NOT NULL,
+    datetime            TEXT NOT NULL,             -- UTC, 'YYYY-MM-DDTHH:MM:SS.ffffffZ' (sorts chronologically)
+    cloud_cover         REAL,                      -- eo:cloud_cover, percent
+    platform            TEXT,
+    processing_baseline TEXT,                      -- s2:processing_baseline
+    west REAL NOT NULL, south REAL NOT NULL, east REAL NOT NULL, north REAL NOT NULL,  -- bbox, EPSG:4326
+    geometry            TEXT NOT NULL,             -- GeoJSON footprint, EPSG:4326
+    stac                TEXT NOT NULL,             -- the item JSON, asset hrefs absolute
+    version             TEXT NOT NULL,             -- sha256 of the canonical item JSON
+    UNIQUE (collection, id)
+);
+CREATE INDEX IF NOT EXISTS items_datetime ON items (collection, datetime);
+CREATE INDEX IF NOT EXISTS items_cloud_cover ON items (collection, cloud_cover);
+
+-- Bounding boxes of the footprints (float32, rounded outwards): the spatial prefilter.
+CREATE VIRTUAL TABLE IF NOT EXISTS item_footprints USING rtree (id, min_lon, max_lon, min_lat, max_lat);
+
+CREATE TABLE IF NOT EXISTS assets (
+    item         INTEGER NOT NULL REFERENCES items (pk),
+    key          TEXT NOT NULL,
+    href         TEXT NOT NULL,                    -- absolute local path or s3:// URL
+    roles        TEXT NOT NULL,                    -- JSON list
+    media_type   TEXT,
+    title        TEXT,
+    bands        TEXT NOT NULL,                    -- JSON list of raster:bands {nodata, data_type, scale, offset}
+    names        TEXT NOT NULL,                    -- JSON list of eo:bands names
+    common_names TEXT NOT NULL,                    -- JSON list of eo:bands common names ("" if none)
+    epsg         INTEGER,                          -- proj:epsg of the asset, else of the item
+    shape        TEXT,                             -- proj:shape JSON [rows, cols], asset else item
+    transform    TEXT,                             -- proj:transform JSON, asset else item
+    gsd          REAL,                             -- gsd, asset else item
+    PRIMARY KEY (item, key)
+);
+"""
+
+SORT_COLUMNS = {"datetime": "datetime", "eo:cloud_cover": "cloud_cover", "id": "id"}
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_EPSG_4326 = CRS.from_epsg(4326)
+_ITEM_FIELDS = (
+    "collection", "id", "datetime", "cloud_cover", "platform", "processing_baseline",
+    "west", "south", "east", "north", "geometry", "stac", "version",
+)  # fmt: skip
+_ITEM_COLUMNS = ", ".join(("pk", *_ITEM_FIELDS))
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one `Catalog.ingest` did: ids of the collections read; numbers of items added, changed, unchanged."""
+
+    collections: tuple[str, ...]
+    items_added: int
+    items_updated: int
+    items_unchanged: int
+
+
+def _to_text(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+
+
+def _from_text(text: str) -> datetime:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Catalog:
+    """SQLite catalog of STAC collections and items; safe to share between threads (one lock)."""
+
+    def __init__(self, path: str | Path):
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- ingest --------------------------------------------------------------------------------
+
+    def ingest(self, source: str | Path) -> IngestReport:
+        """Upsert the catalog, collection or item at `source` (path, s3:// URL or directory with catalog.json).
+
+        Everything is read and validated before anything is written, in one transaction: on any
+        error (`CatalogError` naming file and field) the database is left as it was.
+        """
+        walk = stac.walk(source)
+        added = updated = unchanged = 0
+        with self._transaction() as db:
+            known = {row[0] for row in db.execute("SELECT id FROM collections")} | walk.collections.keys()
+            for key, item in walk.items.items():
+                if item.collection not in known:
+                    raise CatalogError(walk.item_files[key], "collection", f"unknown collection '{item.collection}'")
+            for collection in walk.collections.values():
+                self._upsert_collection(db, collection)
+            for item in walk.items.values():
+                row = db.execute(
+                    "SELECT pk, version FROM items WHERE collection = ? AND id = ?", (item.collection, item.id)
+                ).fetchone()
+                if row is None:
+                    self._insert_item(db, item)
+                    added += 1
+                elif row["version"] != item.version:
+                    self._replace_item(db, row["pk"], item)
+                    updated += 1
+                else:
+                    unchanged += 1
+            for collection_id in walk.collections.keys() | {item.collection for item in walk.items.values()}:
+                self._refresh_version(db, collection_id)
+        return IngestReport(tuple(walk.collections), added, updated, unchanged)
+
+    @staticmethod
+    def _upsert_collection(db: sqlite3.Connection, collection: Collection) -> None:
+        west, south, east, north = collection.bbox or (None, None, None, None)
+        db.execute(
+            """INSERT INTO collections (id, title, description, west, south, east, north,
+                                        start_datetime, end_datetime, stac, version)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')
+               ON CONFLICT (id) DO UPDATE SET
+                   title = excluded.title, description = excluded.description,
+                   west = excluded.west, south = excluded.south, east = excluded.east, north = excluded.north,
+                   start_datetime = excluded.start_datetime, end_datetime = excluded.end_datetime,
+                   stac = excluded.stac
+               WHERE stac != excluded.stac""",
+            (
+                collection.id, collection.title, collection.description, west, south, east, north,
+                _to_text(collection.interval[0]), _to_text(collection.interval[1]), _dumps(collection.stac),
+            ),
+        )  # fmt: skip
+
+    @staticmethod
+    def _refresh_version(db: sqlite3.Connection, collection_id: str) -> None:
+        (collection_json,) = db.execute("SELECT stac FROM collections WHERE id = ?", (collection_id,)).fetchone()
+        digest = hashlib.sha256(collection_json.encode())
+        for item_id, version in db.execute(
+            "SELECT id, version FROM items WHERE collection = ? ORDER BY id", (collection_id,)
+        ):
+            digest.update(f"\n{item_id}\t{version}".encode())
+        db.execute(
+            "UPDATE collections SET version = ? WHERE id = ? AND version != ?",
+            (digest.hexdigest(), collection_id, digest.hexdigest()),
+        )
+
+    @staticmethod
+    def _item_values(item: Item) -> tuple[Any, ...]:
+        return (
+            item.collection, item.id, _to_text(item.datetime), item.cloud_cover, item.platform,
+            item.processing_baseline, *item.bbox, _dumps(item.geometry), _dumps(item.stac), item.version,
+        )  # fmt: skip
+
+    def _insert_item(self, db: sqlite3.Connection, item: Item) -> None:
+        pk = db.execute(
+            f"INSERT INTO items ({', '.join(_ITEM_FIELDS)}) VALUES ({', '.join('?' * len(_ITEM_FIELDS))})",
+            self._item_values(item),
+        ).lastrowid
+        db.execute("INSERT INTO item_footprints VALUES (?, ?, ?, ?, ?)", (pk, *self._footprint_box(item)))
+        self._insert_assets(db, pk, item)
+
+    def _replace_item(self, db: sqlite3.Connection, pk: int, item: Item) -> None:
+        db.execute(
+            f"UPDATE items SET {', '.join(f'{c} = ?' for c in _ITEM_FIELDS)} WHERE pk = ?",
+            (*self._item_values(item), pk),
+        )
+        db.execute(
+            "UPDATE item_footprints SET min_lon = ?, max_lon = ?, min_lat = ?, max_lat = ? WHERE id = ?",
+            (*self._footprint_box(item), pk),
+        )
+        db.execute("DELETE FROM assets WHERE item = ?", (pk,))
+        self._insert_assets(db, pk, item)
+
+    @staticmethod
+    def _footprint_box(item: Item) -> tuple[float, float, float, float]:
+        """(min_lon, max_lon, min_lat, max_lat); all longitudes if the bbox crosses the antimeridian."""
+        west, south, east, north = item.bbox
+        return (west, east, south, north) if west <= east else (-180.0, 180.0, south, north)
+
+    @staticmethod
+    def _insert_assets(db: sqlite3.Connection, pk: int, item: Item) -> None:
+        db.executemany(
+            "INSERT INTO assets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    pk, a.key, a.href, _dumps(a.roles), a.media_type, a.title,
+                    _dumps([b.__dict__ for b in a.bands]), _dumps(a.names), _dumps(a.common_names), a.epsg,
+                    None if a.shape is None else _dumps(a.shape),
+                    None if a.transform is None else _dumps(a.transform), a.gsd,
+                )  # fmt: skip
+                for a in item.assets.values()
+            ],
+        )
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def collections(self) -> list[Collection]:
+        """All collections, by id."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM collections ORDER BY id").fetchall()
+            return [self._collection(row) for row in rows]
+
+    def collection(self, collection_id: str) -> Collection:
+        """The collection `collection_id`; raises NotFound."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
+            if row is None:
+                raise NotFound("collection", collection_id)
+            return self._collection(row)
+
+    def version(self, collection_id: str) -> str:
+        """Changes whenever the collection or any of its items changes (for cache keys); raises NotFound."""
+        with self._lock:
+            row = self._db.execute("SELECT version FROM collections WHERE id = ?", (collection_id,)).fetchone()
+        if row is None:
+            raise NotFound("collection", collection_id)
+        return row[0]
+
+    def _require_collection(self, collection_id: str) -> None:
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM collections WHERE id = ?", (collection_id,)).fetchone() is None:
+                raise NotFound("collection", collection_id)
+
+    def item(self, collection_id: str, item_id: str) -> Item:
+        """The item `item_id` of the collection; raises NotFound."""
+        self._require_collection(collection_id)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (collection_id, item_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound("item", item_id, f"in collection '{collection_id}'")
+            return self._items([row])[0]
+
+    def search(
+        self,
+        collection_id: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        bbox_crs: str = "EPSG:4326",
+        intersects: dict[str, Any] | None = None,
+        datetime: tuple[datetime | None, datetime | None] | None = None,
+        max_cloud: float | None = None,
+        sortby: Sequence[str] = ("-datetime",),
+        limit: int | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[Item]:
+        """Items of the collection whose footprint intersects `bbox` (in `bbox_crs`) or `intersects`.
+
+        `datetime` is an inclusive (start, end) interval, either end None = open; naive datetimes are
+        UTC. `max_cloud` keeps items with `eo:cloud_cover <= max_cloud` and drops those without
+        cloud cover. `sortby` keys: datetime, eo:cloud_cover (missing values last), id, each with an
+        optional +/- prefix (or one comma-separated string); ties are broken by id. Raises NotFound
+        for an unknown collection and InvalidParameter (named after the parameter) for bad values.
+        """
+        self._require_collection(collection_id)
+        where, params = ["collection = ?"], [collection_id]
+        area = _search_area(bbox, bbox_crs, intersects)
+        if area is not None:
+            parts = getattr(area, "geoms", [area])
+            where.append(
+                "pk IN (SELECT id FROM item_footprints WHERE "
+                + " OR ".join("(max_lon >= ? AND min_lon <= ? AND max_lat >= ? AND min_lat <= ?)" for _ in parts)
+                + ")"
+            )
+            for west, south, east, north in (part.bounds for part in parts):
+                params += [west, east, south, north]
+        start, end = _interval(datetime)
+        if start is not None:
+            where.append("datetime >= ?")
+            params.append(start)
+        if end is not None:
+            where.append("datetime <= ?")
+            params.append(end)
+        if max_cloud is not None:
+            if isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float)) or math.isnan(max_cloud):
+                raise InvalidParameter("max_cloud", f"expected a number, got {max_cloud!r}")
+            where.append("cloud_cover <= ?")
+            params.append(max_cloud)
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            params += list(ids)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidParameter("limit", f"expected a positive integer, got {limit!r}")
+        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} ORDER BY {_order_by(sortby)}"
+        if area is not None:
+            shapely.prepare(area)
+        rows = []
+        with self._lock:
+            for row in self._db.execute(sql, params):
+                if area is None or area.intersects(shapely.geometry.shape(json.loads(row["geometry"]))):
+                    rows.append(row)
+                    if len(rows) == limit:
+                        break
+            return self._items(rows)
+
+    # --- rows to models ------------------------------------------------------------------------
+
+    def _collection(self, row: sqlite3.Row) -> Collection:
+        """Collection of a row; missing extent parts are computed from the collection's items."""
+        bbox = None if row["west"] is None else (row["west"], row["south"], row["east"], row["north"])
+        start, end = row["start_datetime"], row["end_datetime"]
+        if bbox is None or (start is None and end is None):
+            agg = self._db.execute(
+                """SELECT min(west), min(south), max(east), max(north), min(datetime), max(datetime)
+                   FROM items WHERE collection = ?""",
+                (row["id"],),
+            ).fetchone()
+            if bbox is None and agg[0] is not None:
+                bbox = tuple(agg[:4])
+            if start is None and end is None:
+                start, end = agg[4], agg[5]
+        return Collection(
+            id=row["id"],
+            title=row["title"],
+            description=row["description"],
+            bbox=bbox,
+            interval=(start and _from_text(start), end and _from_text(end)),
+            stac=json.loads(row["stac"]),
+        )
+
+    def _items(self, rows: list[sqlite3.Row]) -> list[Item]:
+        assets: dict[int, dict[str, sqlite3.Row]] = {row["pk"]: {} for row in rows}
+        if rows:
+            for asset in self._db.execute(
+                f"SELECT * FROM assets WHERE item IN ({', '.join('?' * len(rows))})", list(assets)
+            ):
+                assets[asset["item"]][asset["key"]] = asset
+        return [_item(row, assets[row["pk"]]) for row in rows]
+
+
+def _item(row: sqlite3.Row, asset_rows: dict[str, sqlite3.Row]) -> Item:
+    item_json = json.loads(row["stac"])
+    return Item(
+        id=row["id"],
+        collection=row["collection"],
+        datetime=_from_text(row["datetime"]),
+        bbox=(row["west"], row["south"], row["east"], row["north"]),
+        geometry=json.loads(row["geometry"]),
+        assets={key: _asset(asset_rows[key], raw) for key, raw in item_json["assets"].items()},
+        cloud_cover=row["cloud_cover"],
+        platform=row["platform"],
+        processing_baseline=row["processing_baseline"],
+        properties=item_json["properties"],
+        version=row["version"],
+        stac=item_json,
+    )
+
+
+def _asset(row: sqlite3.Row, raw: dict[str, Any]) -> Asset:
+    return Asset(
+        key=row["key"],
+        href=row["href"],
+        roles=tuple(json.loads(row["roles"])),
+        media_type=row["media_type"],
+        title=row["title"],
+        bands=tuple(RasterBand(**band) for band in json.loads(row["bands"])),
+        names=tuple(json.loads(row["names"])),
+        common_names=tuple(json.loads(row["common_names"])),
+        epsg=row["epsg"],
+        shape=None if row["shape"] is None else tuple(json.loads(row["shape"])),
+        transform=None if row["transform"] is None else tuple(json.loads(row["transform"])),
+        gsd=row["gsd"],
+        stac=raw,
+    )
+
+
+# --- search parameters ---------------------------------------------------------------------------
+
+
+def _search_area(
+    bbox: Sequence[float] | None, bbox_crs: str, intersects: dict[str, Any] | None
+) -> BaseGeometry | None:
+    """The search area in EPSG:4326, or None; split in two parts if it crosses the antimeridian."""
+    if bbox is not None and intersects is not None:
+        raise InvalidParameter("intersects", "cannot be combined with bbox")
+    if intersects is not None:
+        try:
+            area = shapely.geometry.shape(intersects)
+        except Exception as exc:  # shapely raises several kinds for malformed GeoJSON
+            raise InvalidParameter("intersects", f"not a GeoJSON geometry: {exc}") from exc
+        if area.is_empty:
+            raise InvalidParameter("intersects", "empty geometry")
+        return area
+    if bbox is None:
+        return None
+    try:
+        crs = CRS.from_user_input(bbox_crs)
+    except CRSError as exc:
+        raise InvalidParameter("bbox_crs", str(exc)) from exc
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter("bbox", f"expected 4 numbers, got {bbox!r}") from exc
+    geographic = crs == _EPSG_4326
+    if not all(map(math.isfinite, (west, south, east, north))) or south > north or (west > east and not geographic):
+        raise InvalidParameter("bbox", f"expected finite west, south, east, north, got {list(bbox)}")
+    if geographic:
+        lon_west, lat_south, lon_east, lat_north = west, south, east, north
+    else:
+        lon_west, lat_south, lon_east, lat_north = rasterio.warp.transform_bounds(
+            crs, _EPSG_4326, west, south, east, north, densify_pts=21
+        )
+        if not all(map(math.isfinite, (lon_west, lat_south, lon_east, lat_north))):
+            raise InvalidParameter("bbox", f"cannot be transformed from {bbox_crs} to EPSG:4326")
+    if lon_west > lon_east:
+        return shapely.MultiPolygon(
+            [shapely.box(lon_west, lat_south, 180, lat_north), shapely.box(-180, lat_south, lon_east, lat_north)]
+        )
+    if geographic:
+        return shapely.box(west, south, east, north)
+    # The exact area: the densified bbox outline, reprojected; its bounding box where that is not valid (poles).
+    outline = shapely.segmentize(shapely.box(west, south, east, north), max(east - west, north - south) / 20 or 1)
+    xs, ys = shapely.get_coordinates(outline).T
+    lons, lats = rasterio.warp.transform(crs, _EPSG_4326, xs, ys)
+    area = shapely.Polygon(zip(lons, lats))
+    return area if area.is_valid else shapely.box(lon_west, lat_south, lon_east, lat_north)
+
+
+def _interval(interval: tuple[datetime | None, datetime | None] | None) -> tuple[str | None, str | None]:
+    if interval is None:
+        return None, None
+    try:
+        start, end = interval
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter("datetime", f"expected a (start, end) pair, got {interval!r}") from exc
+    for value in (start, end):
+        if value is not None and not isinstance(value, datetime):
+            raise InvalidParameter("datetime", f"expected datetimes or None, got {value!r}")
+    start, end = (v if v is None or v.tzinfo else v.replace(tzinfo=timezone.utc) for v in (start, end))
+    if start is not None and end is not None and start > end:
+        raise InvalidParameter("datetime", f"start {start.isoformat()} is after end {end.isoformat()}")
+    return _to_text(start), _to_text(end)
+
+
+def _order_by(sortby: Sequence[str]) -> str:
+    """ORDER BY clause of STAC-style sort keys, ties broken by id."""
+    keys = sortby.split(",") if isinstance(sortby, str) else list(sortby)
+    terms, columns = [], set()
+    for key in keys:
+        key = key.strip()
+        name = key.lstrip("+-")
+        if name not in SORT_COLUMNS:
+            raise InvalidParameter("sortby", f"unknown sort key '{key}' (known: {', '.join(SORT_COLUMNS)})")
+        column = SORT_COLUMNS[name]
+        terms.append(f"{column} {'DESC' if key.startswith('-') else 'ASC'} NULLS LAST")
+        columns.add(column)
+    if "id" not in columns:
+        terms.append("id ASC")
+    return ", ".join(terms)

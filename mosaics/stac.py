@@ -1,0 +1,413 @@
+"""Read and walk static STAC catalogs (local paths and ``s3://`` URLs) into validated models.
+
+Everything here is pure reading and validation: no database. Problems raise `CatalogError`
+naming the offending file and field (dotted path, e.g. ``assets.red.href``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+import shapely.geometry
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import CatalogError
+from .models import Asset, Collection, Item, RasterBand
+
+S3_PREFIX = "s3://"
+_NODATA_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+# --- storage: local files and S3 ---------------------------------------------------------------
+
+
+@cache
+def _s3_client(endpoint_url: str | None) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def s3_client() -> Any:
+    """boto3 S3 client; endpoint from ``JEO_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``, else boto3 defaults."""
+    return _s3_client(os.environ.get("JEO_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def _split_s3(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len(S3_PREFIX) :].partition("/")
+    return bucket, key
+
+
+def _check_scheme(href: str) -> None:
+    if "://" in href and not href.startswith(S3_PREFIX):
+        raise ValueError(f"unsupported href scheme (local paths and s3:// only): {href}")
+
+
+def resolve_href(base: str, href: str) -> str:
+    """Absolute form of `href` as linked from the document at `base` (an absolute path or s3:// URL)."""
+    if "://" in href:
+        return href
+    if base.startswith(S3_PREFIX):
+        bucket, key = _split_s3(base)
+        return f"{S3_PREFIX}{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), href)).lstrip("/")
+    return os.path.normpath(os.path.join(os.path.dirname(base), href))
+
+
+def exists(href: str) -> bool:
+    """Whether the file exists (local: os.path.exists, S3: head_object)."""
+    _check_scheme(href)
+    if not href.startswith(S3_PREFIX):
+        return os.path.exists(href)
+    bucket, key = _split_s3(href)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            return False
+        raise
+    return True
+
+
+def _read_bytes(href: str) -> bytes:
+    _check_scheme(href)
+    if not href.startswith(S3_PREFIX):
+        return Path(href).read_bytes()
+    bucket, key = _split_s3(href)
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _require_exists(href: str, path: str, field: str) -> None:
+    try:
+        found = exists(href)
+    except (ValueError, OSError, BotoCoreError, ClientError) as exc:
+        raise CatalogError(path, field, str(exc)) from exc
+    if not found:
+        raise CatalogError(path, field, f"{href} does not exist")
+
+
+def read_json(href: str) -> dict[str, Any]:
+    """The JSON object stored at `href`."""
+    try:
+        raw = _read_bytes(href)
+    except (ValueError, OSError, BotoCoreError, ClientError) as exc:
+        raise CatalogError(href, "(document)", f"cannot read: {exc}") from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise CatalogError(href, "(document)", f"invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CatalogError(href, "(document)", "not a JSON object")
+    return doc
+
+
+# --- field parsing -------------------------------------------------------------------------------
+
+
+def _require(doc: dict[str, Any], key: str, kind: type, path: str, prefix: str = "") -> Any:
+    value = doc.get(key)
+    if value is None:
+        raise CatalogError(path, prefix + key, "missing")
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise CatalogError(path, prefix + key, f"expected a non-empty {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(value: Any, path: str, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CatalogError(path, field, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def parse_datetime(value: Any, path: str, field: str) -> datetime:
+    """RFC 3339 string as an aware UTC datetime (naive values are taken as UTC)."""
+    if not isinstance(value, str):
+        raise CatalogError(path, field, "missing" if value is None else f"expected a string, got {value!r}")
+    try:
+        dt = datetime.fromisoformat(value.upper())
+    except ValueError as exc:
+        raise CatalogError(path, field, f"not an RFC 3339 datetime: {value!r}") from exc
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _bbox(value: Any, path: str, field: str) -> tuple[float, float, float, float]:
+    """2D bbox (a 3D bbox loses its heights); west > east means it crosses the antimeridian."""
+    if value is None:
+        raise CatalogError(path, field, "missing")
+    if (
+        not isinstance(value, list)
+        or len(value) not in (4, 6)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
+        raise CatalogError(path, field, f"expected 4 or 6 finite numbers, got {value!r}")
+    west, south, east, north = value if len(value) == 4 else (value[0], value[1], value[3], value[4])
+    if south > north:
+        raise CatalogError(path, field, f"south > north in {value!r}")
+    return float(west), float(south), float(east), float(north)
+
+
+def _geometry(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        raise CatalogError(path, "geometry", "missing")
+    try:
+        if shapely.geometry.shape(value).is_empty:
+            raise ValueError("empty geometry")
+    except Exception as exc:  # shapely raises several kinds for malformed GeoJSON
+        raise CatalogError(path, "geometry", f"not a GeoJSON geometry: {exc}") from exc
+    return value
+
+
+def _numbers(value: Any, cast: type, lengths: tuple[int, ...], path: str, field: str) -> tuple[Any, ...] | None:
+    """A list of `lengths` numbers cast to `cast` (e.g. proj:shape, proj:transform), or None."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(cast(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(path, field, f"expected a list of numbers, got {value!r}") from exc
+    if len(numbers) not in lengths:
+        raise CatalogError(path, field, f"expected {' or '.join(map(str, lengths))} numbers, got {value!r}")
+    return numbers
+
+
+def _epsg(doc: dict[str, Any], path: str, field: str) -> int | None:
+    """`proj:epsg`, or the EPSG code of a projection v2 `proj:code` such as "EPSG:32633"."""
+    code = doc.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:") and code[5:].isdigit():
+        return int(code[5:])
+    epsg = doc.get("proj:epsg")
+    if epsg is not None and (isinstance(epsg, bool) or not isinstance(epsg, int)):
+        raise CatalogError(path, f"{field}proj:epsg", f"expected an integer, got {epsg!r}")
+    return epsg
+
+
+def _raster_band(raw: Any, path: str, field: str) -> RasterBand:
+    if not isinstance(raw, dict):
+        raise CatalogError(path, field, f"expected an object, got {raw!r}")
+    nodata = raw.get("nodata")
+    if isinstance(nodata, str) and nodata.lower() in _NODATA_WORDS:
+        nodata = _NODATA_WORDS[nodata.lower()]
+    scale = _number(raw.get("scale"), path, f"{field}.scale")
+    offset = _number(raw.get("offset"), path, f"{field}.offset")
+    return RasterBand(
+        nodata=_number(nodata, path, f"{field}.nodata"),
+        data_type=raw.get("data_type"),
+        scale=1.0 if scale is None else scale,
+        offset=0.0 if offset is None else offset,
+    )
+
+
+def parse_asset(key: str, raw: Any, properties: dict[str, Any], path: str) -> Asset:
+    """Asset `key` of the item at `path`; projection fields and gsd fall back to the item's properties.
+
+    The href is made absolute and must exist.
+    """
+    prefix = f"assets.{key}."
+    if not isinstance(raw, dict):
+        raise CatalogError(path, f"assets.{key}", f"expected an object, got {raw!r}")
+    href = resolve_href(path, _require(raw, "href", str, path, prefix))
+    _require_exists(href, path, prefix + "href")
+
+    def inherited(name: str) -> tuple[Any, str]:
+        """Value and field name of `name`, from the asset or else from the item properties."""
+        return (raw[name], prefix + name) if name in raw else (properties.get(name), "properties." + name)
+
+    (shape, shape_field), (transform, transform_field), (gsd, gsd_field) = map(
+        inherited, ("proj:shape", "proj:transform", "gsd")
+    )
+    eo_bands = [b for b in raw.get("eo:bands") or () if isinstance(b, dict)]
+    own_projection = bool({"proj:epsg", "proj:code"} & raw.keys())
+    roles = raw.get("roles") or []
+    if not isinstance(roles, list):
+        raise CatalogError(path, prefix + "roles", f"expected a list, got {roles!r}")
+    return Asset(
+        key=key,
+        href=href,
+        roles=tuple(roles),
+        media_type=raw.get("type"),
+        title=raw.get("title"),
+        bands=tuple(
+            _raster_band(b, path, f"{prefix}raster:bands[{i}]") for i, b in enumerate(raw.get("raster:bands") or ())
+        ),
+        names=tuple(b.get("name") or "" for b in eo_bands),
+        common_names=tuple(b.get("common_name") or "" for b in eo_bands),
+        epsg=_epsg(raw, path, prefix) if own_projection else _epsg(properties, path, "properties."),
+        shape=_numbers(shape, int, (2,), path, shape_field),
+        transform=_numbers(transform, float, (6, 9), path, transform_field),
+        gsd=_number(gsd, path, gsd_field),
+        stac={**raw, "href": href},
+    )
+
+
+def content_hash(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON form (sorted keys, compact) of `doc`."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_item(doc: dict[str, Any], path: str, collection: str | None = None) -> Item:
+    """Validated item of the file at `path`, linked from `collection` (else its `collection` field).
+
+    `stac` is the item JSON with absolute asset hrefs; `version` is its content hash. A null
+    `datetime` falls back to `start_datetime`.
+    """
+    item_id = _require(doc, "id", str, path)
+    own = doc.get("collection")
+    if collection is not None and own not in (None, collection):
+        raise CatalogError(path, "collection", f"'{own}' but linked from collection '{collection}'")
+    collection = collection or own
+    if not isinstance(collection, str) or not collection:
+        raise CatalogError(path, "collection", "the item belongs to no collection")
+    props = _require(doc, "properties", dict, path)
+    if props.get("datetime") is None and props.get("start_datetime") is not None:
+        when = parse_datetime(props["start_datetime"], path, "properties.start_datetime")
+    else:
+        when = parse_datetime(props.get("datetime"), path, "properties.datetime")
+    bbox = _bbox(doc.get("bbox"), path, "bbox")
+    geometry = _geometry(doc.get("geometry"), path)
+    assets = {key: parse_asset(key, raw, props, path) for key, raw in _require(doc, "assets", dict, path).items()}
+    baseline = props.get("s2:processing_baseline")
+    stac = {**doc, "assets": {key: asset.stac for key, asset in assets.items()}}
+    return Item(
+        id=item_id,
+        collection=collection,
+        datetime=when,
+        bbox=bbox,
+        geometry=geometry,
+        assets=assets,
+        cloud_cover=_number(props.get("eo:cloud_cover"), path, "properties.eo:cloud_cover"),
+        platform=props.get("platform"),
+        processing_baseline=None if baseline is None else str(baseline),
+        properties=props,
+        version=content_hash(stac),
+        stac=stac,
+    )
+
+
+def parse_collection(doc: dict[str, Any], path: str) -> Collection:
+    """Validated collection of the file at `path`; extent parts that are absent stay None."""
+    extent = doc.get("extent") or {}
+    bboxes = (extent.get("spatial") or {}).get("bbox") or [None]
+    intervals = (extent.get("temporal") or {}).get("interval") or [[None, None]]
+    if not isinstance(bboxes, list):
+        raise CatalogError(path, "extent.spatial.bbox", f"expected a list of bboxes, got {bboxes!r}")
+    if not isinstance(intervals, list) or not isinstance(intervals[0], list) or len(intervals[0]) != 2:
+        raise CatalogError(path, "extent.temporal.interval", f"expected a list of [start, end], got {intervals!r}")
+    start, end = (
+        None if value is None else parse_datetime(value, path, "extent.temporal.interval") for value in intervals[0]
+    )
+    return Collection(
+        id=_require(doc, "id", str, path),
+        title=doc.get("title"),
+        description=doc.get("description") or "",
+        bbox=None if bboxes[0] is None else _bbox(bboxes[0], path, "extent.spatial.bbox"),
+        interval=(start, end),
+        stac=doc,
+    )
+
+
+# --- walking ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Walk:
+    """Everything reachable from one ingest source, validated, with the file each came from."""
+
+    collections: dict[str, Collection] = field(default_factory=dict)
+    items: dict[tuple[str, str], Item] = field(default_factory=dict)  # key: (collection id, item id)
+    collection_files: dict[str, str] = field(default_factory=dict)
+    item_files: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _entry_href(source: str | Path) -> str:
+    text = str(source)
+    if text.startswith(S3_PREFIX):
+        return text + "catalog.json" if text.endswith("/") else text
+    path = os.path.abspath(text)
+    return os.path.join(path, "catalog.json") if os.path.isdir(path) else path
+
+
+def _links(doc: dict[str, Any], path: str, rels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(absolute href, field name) of the links with one of `rels`."""
+    links = doc.get("links") or []
+    if not isinstance(links, list):
+        raise CatalogError(path, "links", "expected a list")
+    found = []
+    for i, link in enumerate(links):
+        if isinstance(link, dict) and link.get("rel") in rels:
+            href = link.get("href")
+            if not isinstance(href, str) or not href:
+                raise CatalogError(path, f"links[{i}].href", "missing")
+            found.append((resolve_href(path, href), f"links[{i}].href"))
+    return found
+
+
+def _read_linked(href: str, path: str, field: str) -> dict[str, Any]:
+    """The document a link of `path` points to; a dangling link is reported on the linking file."""
+    _require_exists(href, path, field)
+    return read_json(href)
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.result = Walk()
+        self.seen: set[str] = set()
+
+    def add_collection(self, path: str, doc: dict[str, Any]) -> str:
+        collection = parse_collection(doc, path)
+        other = self.result.collection_files.get(collection.id, path)
+        if other != path:
+            raise CatalogError(path, "id", f"duplicate collection id '{collection.id}' (also in {other})")
+        self.result.collections[collection.id] = collection
+        self.result.collection_files[collection.id] = path
+        return collection.id
+
+    def add_item(self, path: str, doc: dict[str, Any], collection: str | None) -> None:
+        item = parse_item(doc, path, collection)
+        key = (item.collection, item.id)
+        if key in self.result.items:
+            raise CatalogError(path, "id", f"duplicate item id '{item.id}' (also in {self.result.item_files[key]})")
+        self.result.items[key] = item
+        self.result.item_files[key] = path
+
+    def visit(self, path: str, doc: dict[str, Any], collection: str | None) -> None:
+        """Catalogs and collections recurse into their child and item links; items are added."""
+        self.seen.add(path)
+        kind = doc.get("type")
+        if kind == "Feature":
+            self.add_item(path, doc, collection)
+            return
+        if kind == "Collection":
+            collection = self.add_collection(path, doc)
+        elif kind != "Catalog":
+            raise CatalogError(path, "type", f"expected 'Catalog', 'Collection' or 'Feature', got {kind!r}")
+        for href, field_name in _links(doc, path, ("child", "item")):
+            if href not in self.seen:
+                self.visit(href, _read_linked(href, path, field_name), collection)
+
+
+def walk(source: str | Path) -> Walk:
+    """Read and validate the catalog, collection or item at `source` (a directory means its catalog.json).
+
+    A lone item also brings its collection document (first rel=collection link), if it has one.
+    """
+    path = _entry_href(source)
+    doc = read_json(path)
+    walker = _Walker()
+    collection = None
+    if doc.get("type") == "Feature":
+        links = _links(doc, path, ("collection",))
+        if links:
+            href, field_name = links[0]
+            collection = walker.add_collection(href, _read_linked(href, path, field_name))
+    walker.visit(path, doc, collection)
+    return walker.result
