@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +23,71 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "catalog.json").exists():
         pytest.fail(f"real test data missing: {SHARED_DATA}/catalog.json")
     return SHARED_DATA
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A real uvicorn serving jeo-tiler on loopback."""
+
+    url: str
+    home: Path
+    process: subprocess.Popen
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=60, **kwargs)
+
+
+def start_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = None) -> Server:
+    """Start `jeo serve` with `JEO_HOME=home` on a free port and wait until /healthz answers."""
+    port = _free_port()
+    environment = {**os.environ, "JEO_HOME": str(home), **(env or {})}
+    log = open(home / f"server-{port}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tiler.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )
+    server = Server(f"http://127.0.0.1:{port}", home, process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {(home / f'server-{port}.log').read_text()[-3000:]}")
+        try:
+            if server.get("/healthz").status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop_server(server)
+    pytest.fail("server did not start in 120 s")
+
+
+def stop_server(server: Server) -> None:
+    """Stop the server by its pid."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def jeo_home(tmp_path_factory, shared_data) -> Path:
+    """A JEO_HOME whose catalog holds all of ../shared/data."""
+    from mosaics.catalog import Catalog
+
+    home = tmp_path_factory.mktemp("jeo-home")
+    Catalog(home / "catalog.db").ingest(shared_data)
+    return home
+
+
+@pytest.fixture(scope="session")
+def server(jeo_home) -> Server:
+    """One real uvicorn for the session's HTTP tests."""
+    running = start_server(jeo_home)
+    yield running
+    stop_server(running)

@@ -1,0 +1,90 @@
+"""Malformed requests get a 4xx whose message names the bad parameter; nothing outside the catalog is read."""
+
+from __future__ import annotations
+
+import pytest
+
+C = "sentinel-2-l2a-timeseries"
+I = "S2B_33TWM_20230813_0_L2A"
+TILE = f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/11/1113/727.png"
+NPY = TILE.replace(".png", ".npy")
+
+# (path, query, expected status, text the message must contain)
+CASES = [
+    (f"/collections/nope/items/{I}/tiles/WebMercatorQuad/11/1113/727.png", {"assets": "red"}, 404, "nope"),
+    (f"/collections/{C}/items/nope/tiles/WebMercatorQuad/11/1113/727.png", {"assets": "red"}, 404, "nope"),
+    (TILE, {"assets": "B99"}, 404, "B99"),
+    (TILE, {"assets": "red,../../etc/passwd"}, 404, "../../etc/passwd"),
+    (TILE, {"assets": "/etc/passwd"}, 404, "/etc/passwd"),
+    (TILE, {"assets": "/vsicurl/http://127.0.0.1:1/x.tif"}, 404, "/vsicurl/"),
+    (TILE, {"expression": "__import__('os').system('id')"}, 400, "expression"),
+    (TILE, {"expression": "B04.real"}, 400, "expression"),
+    (TILE, {"expression": "(B08-B04"}, 400, "expression"),
+    (TILE, {"expression": "lambda: 1"}, 400, "expression"),
+    (TILE, {"expression": "B04 ** 99999999"}, 400, "expression"),
+    (TILE, {"expression": "B99 + 1"}, 404, "B99"),
+    (TILE, {"expression": "/vsicurl/http://127.0.0.1:1/x.tif"}, 400, "expression"),
+    (TILE, {"index": "ndxx"}, 400, "index"),
+    (TILE, {"index": "ndvi", "expression": "B04"}, 400, "index"),
+    (TILE, {}, 400, "assets"),
+    (TILE, {"assets": "red", "rescale": "0,abc"}, 422, "rescale"),
+    (TILE, {"assets": "red", "rescale": "1,2,3"}, 422, "rescale"),
+    (TILE, {"assets": "red", "colormap_name": "nocolormap"}, 422, "colormap_name"),
+    (TILE, {"assets": "red", "colormap": "{not json"}, 400, "colormap"),
+    (TILE, {"assets": "red", "color_formula": "gamma x y z"}, 422, "color_formula"),
+    (TILE, {"assets": "red", "resampling": "magic"}, 422, "resampling"),
+    (TILE, {"assets": "red", "buffer": "-2"}, 422, "buffer"),
+    (TILE, {"assets": "red", "padding": "x"}, 422, "padding"),
+    (TILE, {"assets": "red", "nodata": "none-such"}, 422, "nodata"),
+    (TILE, {"assets": "red", "tilesize": "0"}, 422, "tilesize"),
+    (TILE, {"assets": "red", "tilesize": "999999"}, 422, "tilesize"),
+    (TILE, {"preset": "nosuchpreset"}, 404, "nosuchpreset"),
+    (TILE, {"preset": "../../x"}, 404, "../../x"),
+    (TILE, {"assets": "red", "url": "/etc/passwd"}, 200, ""),  # unknown parameters are ignored: nothing read
+    (TILE.replace(".png", ".gif"), {"assets": "red"}, 422, "format"),
+    (TILE.replace("WebMercatorQuad", "NoSuchTMS"), {"assets": "red"}, 422, "tileMatrixSetId"),
+    (f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/40/0/0.png", {"assets": "red"}, 400, "z"),
+    (f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/11/99999/727.png", {"assets": "red"}, 400, "x"),
+    (f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/11/1113/-5.png", {"assets": "red"}, 400, "y"),
+    (f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/a/1113/727.png", {"assets": "red"}, 422, "z"),
+    (f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/11/1113/727@9x.png", {"assets": "red"}, 422, "scale"),
+    (f"/collections/{C}/items", {"bbox": "1,2,3"}, 400, "bbox"),
+    (f"/collections/{C}/items", {"bbox": "a,b,c,d"}, 400, "bbox"),
+    (f"/collections/{C}/items", {"bbox": "16,46,15,47"}, 400, "bbox"),
+    (f"/collections/{C}/items", {"bbox": "15,46,16,47", "bbox-crs": "EPSG:999999"}, 400, "bbox-crs"),
+    (f"/collections/{C}/items", {"datetime": "yesterday"}, 400, "datetime"),
+    (f"/collections/{C}/items", {"datetime": "2023-08-20/2023-08-10"}, 400, "datetime"),
+    (f"/collections/{C}/items", {"datetime": "../.."}, 400, "datetime"),
+    (f"/collections/{C}/items", {"limit": "0"}, 422, "limit"),
+    (f"/collections/{C}/items/{I}/point/999,46", {"assets": "red"}, 400, "lon"),
+    (f"/collections/{C}/items/{I}/point/15.8,46.5", {"expression": "red;;"}, 400, "expression"),
+    ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetTile", "LAYER": "nope.truecolor", "TILEMATRIXSET": "WebMercatorQuad",
+               "TILEMATRIX": "11", "TILEROW": "727", "TILECOL": "1113"}, 404, "nope.truecolor"),
+    ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetTile", "LAYER": f"{C}.truecolor", "TILEMATRIXSET": "WebMercatorQuad",
+               "TILEMATRIX": "11", "TILEROW": "x", "TILECOL": "1113"}, 400, "TILEROW"),
+    ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetTile", "LAYER": f"{C}.truecolor", "TILEMATRIXSET": "WebMercatorQuad",
+               "TILEMATRIX": "11", "TILEROW": "727", "TILECOL": "1113", "TIME": "1999-01-01"}, 400, "TIME"),
+    ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetTile", "LAYER": f"{C}.truecolor", "TILEMATRIXSET": "WebMercatorQuad",
+               "TILEMATRIX": "11", "TILEROW": "727", "TILECOL": "1113", "FORMAT": "image/gif"}, 400, "FORMAT"),
+    ("/wmts", {"SERVICE": "WMS", "REQUEST": "GetCapabilities"}, 400, "SERVICE"),
+    ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetFeatureInfo"}, 400, "REQUEST"),
+]
+
+
+@pytest.mark.parametrize("path,query,status,needle", CASES, ids=[f"{i}:{c[2]}:{c[3]}" for i, c in enumerate(CASES)])
+def test_bad_input_is_a_named_4xx(server, path, query, status, needle):
+    response = server.get(path, params=query)
+    assert response.status_code == status, response.text
+    if needle:
+        assert needle in response.text
+    assert "Traceback" not in response.text
+
+
+def test_no_file_outside_catalog_is_opened(server):
+    """GDAL-style paths in any parameter are never opened: the server log names no such path."""
+    for value in ("/vsicurl/http://127.0.0.1:9/secret.tif", "../../../../etc/hostname", "/etc/hostname"):
+        for name in ("assets", "expression", "preset", "url", "index"):
+            response = server.get(TILE, params={name: value})
+            assert response.status_code < 500
+    log = "".join(p.read_text() for p in server.home.glob("server-*.log"))
+    assert "secret.tif" not in log.replace("GET /", "")

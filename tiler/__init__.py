@@ -1,0 +1,3 @@
+"""jeo-tiler web service, command line and exports."""
+
+__version__ = "0.1.0"

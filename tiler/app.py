@@ -1,0 +1,65 @@
+"""The jeo-tiler web application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
+from titiler.core.factory import TMSFactory
+
+from mosaics.catalog import Catalog
+from tiler import __version__, errors, stac_api, viewer, wmts
+from tiler.factory import ItemTilerFactory
+from tiler.middleware import PresetMiddleware
+from tiler.presets import PresetRegistry
+from tiler.settings import Settings, get_settings
+from tiler.tms import supported_tms
+
+ITEM_PREFIX = "/collections/{collection_id}/items/{item_id}"
+
+
+def catalog_epsg_codes(catalog: Catalog) -> set[int]:
+    """EPSG codes of the newest item of every collection."""
+    codes: set[int] = set()
+    for collection in catalog.collections():
+        for item in catalog.search(collection.id, limit=1):
+            codes.update(a.epsg for a in item.assets.values() if a.epsg)
+    return codes
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+    catalog = Catalog(settings.database_path)
+    app = FastAPI(
+        title="jeo-tiler",
+        version=__version__,
+        description="Dynamic tiles, band math, spectral indices and cloud-free composites of "
+        "Earth-observation scenes, computed per request from Cloud-Optimized GeoTIFFs.",
+    )
+    app.state.settings = settings
+    app.state.catalog = catalog
+    app.state.presets = PresetRegistry.from_files(settings.presets)
+    app.state.tms = supported_tms(catalog_epsg_codes(catalog))
+
+    errors.install(app)
+    app.include_router(stac_api.router)
+    items = ItemTilerFactory(router_prefix=ITEM_PREFIX, supported_tms=app.state.tms)
+    app.include_router(items.router, prefix=ITEM_PREFIX, tags=["Item tiles"])
+    app.include_router(TMSFactory(supported_tms=app.state.tms).router, tags=["Tile matrix sets"])
+    app.include_router(wmts.router, tags=["OGC WMTS"])
+    app.include_router(viewer.router, tags=["Viewer"])
+    for name, folder in (("leaflet", "leaflet/dist"), ("ol", "ol")):
+        if (settings.static_dir / folder).is_dir():
+            app.mount(f"/static/{name}", StaticFiles(directory=settings.static_dir / folder), name=name)
+    app.mount("/static/jeo", StaticFiles(packages=[("tiler", "static")]), name="jeo")
+
+    @app.get("/healthz", tags=["Health"], summary="Liveness and catalog reachability.")
+    def healthz():
+        return {"status": "ok", "collections": len(catalog.collections()), "version": __version__}
+
+    app.add_middleware(PresetMiddleware)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET"], allow_headers=["*"]
+    )
+    return app

@@ -1,0 +1,83 @@
+"""Request rewriting before routing: WMTS GetTile → the tile endpoint; `preset=` → its parameters.
+
+Both only rewrite the path and query string; the tile endpoints do the work, so a WMTS tile and the
+equivalent tile URL are answered by the same code with the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mosaics.errors import InvalidParameter, JeoError, NotFound
+from tiler import wmts
+
+COLLECTION_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/")
+REST_TILE = re.compile(
+    r"^/wmts/1\.0\.0/(?P<layer>[^/]+)/(?P<style>[^/]+)/(?P<time>[^/]+)/(?P<tilematrixset>[^/]+)/"
+    r"(?P<tilematrix>[^/]+)/(?P<tilerow>[^/]+)/(?P<tilecol>[^/.]+)\.(?P<ext>[a-z]+)$"
+)
+
+
+class PresetMiddleware:
+    """Expand WMTS GetTile requests and `preset=<id>` query parameters."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self._rewrite_wmts(scope)
+                self._expand_preset(scope)
+            except JeoError as error:
+                status = 404 if isinstance(error, NotFound) else 400
+                if scope["path"].startswith("/wmts"):
+                    locator = getattr(error, "parameter", None) or getattr(error, "kind", "")
+                    code = "InvalidParameterValue" if status == 400 else "TileOutOfRange"
+                    response = wmts.exception_report(code, locator, str(error), status)
+                else:
+                    response = JSONResponse({"detail": str(error)}, status_code=status)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _set_target(scope: Scope, target: str) -> None:
+        path, _, query = target.partition("?")
+        scope["path"], scope["raw_path"], scope["query_string"] = path, path.encode(), query.encode()
+
+    def _rewrite_wmts(self, scope: Scope) -> None:
+        path = scope["path"]
+        if path == "/wmts":
+            params = {k.lower(): v for k, v in parse_qsl(scope["query_string"].decode(), keep_blank_values=True)}
+            if params.get("request", "").lower() == "gettile":
+                self._set_target(scope, wmts.tile_target(Request(scope), params))
+        elif match := REST_TILE.match(path):
+            params = match.groupdict()
+            params["format"] = {v: k for k, v in wmts.FORMATS.items()}.get(params.pop("ext"), "")
+            if params["format"] == "":
+                raise InvalidParameter("format", f"unsupported tile extension in '{path}'")
+            self._set_target(scope, wmts.tile_target(Request(scope), params))
+
+    def _expand_preset(self, scope: Scope) -> None:
+        match = COLLECTION_PATH.match(scope["path"])
+        if not match:
+            return
+        query = parse_qsl(scope["query_string"].decode(), keep_blank_values=True)
+        names = [v for k, v in query if k == "preset"]
+        if not names:
+            return
+        if len(names) > 1:
+            raise InvalidParameter("preset", "give one preset")
+        preset = scope["app"].state.presets.get(match["collection"], names[0])
+        given = {k for k, _ in query}
+        rest = [(k, v) for k, v in query if k != "preset"]
+        expanded = [(k, v) for k, v in preset.query() if k not in given]
+        if given & {"assets", "expression", "index"}:
+            expanded = [(k, v) for k, v in expanded if k not in ("assets", "expression", "index")]
+        scope["query_string"] = urlencode(expanded + rest).encode()

@@ -1,0 +1,123 @@
+"""Named presets: a recipe plus its rendering, offered per collection (see presets.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from mosaics.errors import CatalogError, JeoError, NotFound
+from mosaics.models import Item
+from mosaics.recipe import Recipe
+
+DEFAULT_PRESETS = Path(__file__).with_name("presets.toml")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe with its rendering parameters."""
+
+    id: str
+    title: str
+    description: str = ""
+    assets: tuple[str, ...] = ()
+    expression: str | None = None
+    index: str | None = None
+    rescale: tuple[str, ...] = ()
+    colormap_name: str | None = None
+    color_formula: str | None = None
+    resampling: str | None = None
+    minzoom: int | None = None
+    maxzoom: int | None = None
+    format: str = "png"
+
+    @property
+    def recipe(self) -> Recipe:
+        """What the preset computes."""
+        return Recipe(assets=self.assets, expression=self.expression, index=self.index)
+
+    def query(self) -> list[tuple[str, str]]:
+        """The tile-endpoint query parameters equivalent to this preset."""
+        params: list[tuple[str, str]] = []
+        if self.assets:
+            params.append(("assets", ",".join(self.assets)))
+        for name in ("expression", "index", "colormap_name", "color_formula", "resampling"):
+            if (value := getattr(self, name)) is not None:
+                params.append((name, value))
+        params += [("rescale", r) for r in self.rescale]
+        return params
+
+    def applies_to(self, item: Item) -> bool:
+        """True when `item` has every band the recipe reads."""
+        try:
+            self.recipe.resolve(item)
+        except NotFound:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Presets for collections whose id matches one of `collections` (glob patterns)."""
+
+    name: str
+    collections: tuple[str, ...]
+    presets: dict[str, Preset]
+
+
+def _preset(source: Path, preset_id: str, data: dict[str, Any]) -> Preset:
+    known = {f.name for f in fields(Preset)} - {"id"}
+    if unknown := set(data) - known:
+        raise CatalogError(str(source), f"presets.{preset_id}.{sorted(unknown)[0]}", "unknown preset field")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        preset = Preset(id=preset_id, **values)
+        preset.recipe  # noqa: B018 - validates the recipe now, not at the first request
+    except (TypeError, JeoError) as error:
+        raise CatalogError(str(source), f"presets.{preset_id}", str(error)) from None
+    return preset
+
+
+def load_profiles(*sources: Path) -> list[Profile]:
+    """Profiles from TOML files, later files first so that they take precedence."""
+    profiles: list[Profile] = []
+    for source in sources:
+        try:
+            document = tomllib.loads(source.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise CatalogError(str(source), "profiles", str(error)) from None
+        for entry in document.get("profiles", []):
+            presets = {pid: _preset(source, pid, body) for pid, body in entry.get("presets", {}).items()}
+            profiles.insert(0, Profile(entry.get("name", ""), tuple(entry.get("collections", ())), presets))
+    return profiles
+
+
+class PresetRegistry:
+    """Answers which presets a collection offers."""
+
+    def __init__(self, profiles: list[Profile]):
+        self.profiles = profiles
+
+    @classmethod
+    def from_files(cls, extra: Path | None = None) -> PresetRegistry:
+        """The shipped presets, overridden by `extra` when given."""
+        return cls(load_profiles(DEFAULT_PRESETS, *([extra] if extra else [])))
+
+    def for_collection(self, collection_id: str, sample: Item | None = None) -> dict[str, Preset]:
+        """Presets offered for a collection; with `sample`, only those whose bands its items have."""
+        offered: dict[str, Preset] = {}
+        for profile in reversed(self.profiles):
+            if any(fnmatch(collection_id, pattern) for pattern in profile.collections):
+                offered.update(profile.presets)
+        if sample is not None:
+            offered = {pid: p for pid, p in offered.items() if p.applies_to(sample)}
+        return offered
+
+    def get(self, collection_id: str, preset_id: str, sample: Item | None = None) -> Preset:
+        """One preset (NotFound names `<collection>.<preset>`)."""
+        try:
+            return self.for_collection(collection_id, sample)[preset_id]
+        except KeyError:
+            raise NotFound("preset", f"{collection_id}.{preset_id}") from None

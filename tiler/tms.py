@@ -1,0 +1,41 @@
+"""Tile matrix sets: morecantile's defaults plus a UTM quad for each UTM zone the catalog uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import morecantile
+from morecantile import TileMatrixSet
+from morecantile.defaults import TileMatrixSets
+
+from mosaics.errors import InvalidParameter
+
+_UTM_TEMPLATE = "UTM31WGS84Quad"
+
+
+def utm_tms(epsg: int) -> TileMatrixSet:
+    """`UTM{zone}{N|S}WGS84Quad` for a WGS 84 / UTM EPSG code (326zz north, 327zz south)."""
+    zone, hemisphere = epsg % 100, {326: "N", 327: "S"}[epsg // 100]
+    crs = f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"
+    body = morecantile.tms.get(_UTM_TEMPLATE).model_dump(mode="json", exclude_none=True)
+    body.update(id=f"UTM{zone:02d}{hemisphere}WGS84Quad", crs=crs, title=f"WGS 84 / UTM zone {zone}{hemisphere} quad")
+    if "boundingBox" in body:
+        body["boundingBox"]["crs"] = crs
+    return TileMatrixSet.model_validate(body)
+
+
+def supported_tms(epsg_codes: Iterable[int]) -> TileMatrixSets:
+    """morecantile's default sets plus UTM quads for the given EPSG codes."""
+    utm = [utm_tms(code) for code in sorted(set(epsg_codes)) if code // 100 in (326, 327)]
+    return morecantile.tms.register({t.id: t for t in utm if t.id not in morecantile.tms.list()})
+
+
+def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
+    """InvalidParameter naming z, x or y when the address is not in the tile matrix set."""
+    if not tms.minzoom <= z <= tms.maxzoom:
+        raise InvalidParameter("z", f"{z} is outside {tms.id} zoom levels {tms.minzoom}–{tms.maxzoom}")
+    matrix = tms.matrix(z)
+    if not 0 <= x < matrix.matrixWidth:
+        raise InvalidParameter("x", f"{x} is outside 0–{matrix.matrixWidth - 1} at zoom {z} of {tms.id}")
+    if not 0 <= y < matrix.matrixHeight:
+        raise InvalidParameter("y", f"{y} is outside 0–{matrix.matrixHeight - 1} at zoom {z} of {tms.id}")
