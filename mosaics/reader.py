@@ -25,6 +25,7 @@ from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
+from mosaics.errors import InvalidParameter
 from mosaics.models import Asset, Item
 from mosaics.recipe import Recipe
 
@@ -58,6 +59,9 @@ class SceneReader(MultiBaseReader):
 
     input: Item = attr.ib()
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
+    minzoom: int | None = attr.ib(default=None)
+    maxzoom: int | None = attr.ib(default=None)
+    reader_options: dict = attr.ib(factory=dict)
 
     def __attrs_post_init__(self):
         item = self.input
@@ -84,8 +88,8 @@ class SceneReader(MultiBaseReader):
             url=gdal_path(meta.href),
             name=asset,
             media_type=meta.media_type,
-            reader_options={},
-            method_options=options,
+            reader_options={"options": options},
+            method_options={},
         )
 
     def tile_exists(self, tile_x: int, tile_y: int, tile_z: int) -> bool:
@@ -94,15 +98,15 @@ class SceneReader(MultiBaseReader):
             return False
         return self._footprint.intersects(box(*self.tms.bounds(Tile(tile_x, tile_y, tile_z))))
 
-    def _evaluate(self, recipe: Recipe, keys: dict[str, str], raw: ImageData | PointData) -> np.ndarray:
+    def _evaluate(self, recipe: Recipe, keys: dict[str, str], data: np.ma.MaskedArray) -> np.ndarray:
         order = list(dict.fromkeys(keys.values()))
-        physical = to_physical(raw.array, [self.input.assets[k] for k in order])
+        physical = to_physical(data, [self.input.assets[k] for k in order])
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
 
     def _image(self, method: str, recipe: Recipe, *args: Any, **kwargs: Any) -> ImageData:
         keys = recipe.resolve(self.input)
         raw = getattr(super(), method)(*args, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)
-        values = self._evaluate(recipe, keys, raw)
+        values = self._evaluate(recipe, keys, raw.array)
         return ImageData(
             np.ma.MaskedArray(values, mask=~np.isfinite(values)),
             assets=[self.input.id],
@@ -146,11 +150,13 @@ class SceneReader(MultiBaseReader):
         index: str | None = None, **kwargs: Any,
     ) -> PointData:
         """Values at a point; without a recipe, the physical value of every raster asset."""
+        if kwargs.get("coord_crs", WGS84_CRS) == WGS84_CRS and not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
         given = assets or expression or index
         recipe = Recipe.from_params(assets, expression, index) if given else Recipe(assets=tuple(self.assets))
         keys = recipe.resolve(self.input)
         raw = super().point(lon, lat, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)
-        values = self._evaluate(recipe, keys, raw)
+        values = self._evaluate(recipe, keys, raw.array.reshape(-1, 1, 1)).reshape(-1)
         return PointData(
             np.ma.MaskedArray(values, mask=~np.isfinite(values)),
             band_names=recipe.descriptions,

@@ -4,7 +4,6 @@ Routes (under `/collections/{collection_id}/items/{item_id}`): `/tiles/{tms}/{z}
 `/{tms}/tilejson.json`, `/point/{lon},{lat}`, `/info`, `/preview[.{format}]`.
 """
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
