@@ -103,6 +103,14 @@ class SceneReader(MultiBaseReader):
         physical = to_physical(data, [self.input.assets[k] for k in order])
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
 
+    def read_tile(self, tile_x: int, tile_y: int, tile_z: int, keys: Sequence[str], **kwargs: Any) -> ImageData:
+        """Raw DN of the given asset keys, one band each, masked where there is no data."""
+        return MultiBaseReader.tile(self, tile_x, tile_y, tile_z, assets=list(keys), asset_as_band=True, **kwargs)
+
+    def physical(self, raw: ImageData, keys: Sequence[str]) -> np.ndarray:
+        """`float32[len(keys), H, W]` physical values of a `read_tile` result."""
+        return to_physical(raw.array, [self.input.assets[k] for k in keys])
+
     def _image(self, method: str, recipe: Recipe, *args: Any, **kwargs: Any) -> ImageData:
         keys = recipe.resolve(self.input)
         raw = getattr(super(), method)(*args, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)

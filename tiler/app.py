@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
@@ -9,13 +11,14 @@ from titiler.core.factory import TMSFactory
 
 from mosaics.catalog import Catalog
 from tiler import __version__, errors, stac_api, viewer, wmts
-from tiler.factory import ItemTilerFactory
+from tiler.factory import CompositeTilerFactory, ItemTilerFactory
 from tiler.middleware import PresetMiddleware
 from tiler.presets import PresetRegistry
 from tiler.settings import Settings, get_settings
 from tiler.tms import supported_tms
 
 ITEM_PREFIX = "/collections/{collection_id}/items/{item_id}"
+COLLECTION_PREFIX = "/collections/{collection_id}"
 
 
 def catalog_epsg_codes(catalog: Catalog) -> set[int]:
@@ -41,11 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = catalog
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))
+    app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")
 
     errors.install(app)
     app.include_router(stac_api.router)
     items = ItemTilerFactory(router_prefix=ITEM_PREFIX, supported_tms=app.state.tms)
     app.include_router(items.router, prefix=ITEM_PREFIX, tags=["Item tiles"])
+    composites = CompositeTilerFactory(router_prefix=COLLECTION_PREFIX, supported_tms=app.state.tms)
+    app.include_router(composites.router, prefix=COLLECTION_PREFIX, tags=["Composite tiles"])
     app.include_router(TMSFactory(supported_tms=app.state.tms).router, tags=["Tile matrix sets"])
     app.include_router(wmts.router, tags=["OGC WMTS"])
     app.include_router(viewer.router, tags=["Viewer"])

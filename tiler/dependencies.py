@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query, Request
 from rio_tiler.types import RIOResampling, WarpResampling
@@ -11,7 +11,11 @@ from titiler.core.dependencies import DefaultDependency
 
 from algorithms.indices import INDICES
 from mosaics.catalog import Catalog
+from mosaics.collection_reader import CollectionStack
+from mosaics.composite import METHODS, Selection
+from mosaics.errors import InvalidParameter
 from mosaics.models import Item
+from tiler.params import parse_datetime
 
 INDEX_DOC = "Named spectral index, on physical values: " + "; ".join(
     f"`{name}` = {spec.formula}" for name, spec in INDICES.items()
@@ -68,3 +72,62 @@ class ReadParams(DefaultDependency):
         WarpResampling | None,
         Query(alias="reproject", description="Resampling when reprojecting to the tile grid. Default `nearest`."),
     ] = None
+
+
+def CollectionStackParams(
+    request: Request,
+    collection_id: Annotated[str, Path(description="STAC collection id.")],
+    datetime: Annotated[
+        str | None,
+        Query(description="Scenes acquired in this RFC 3339 instant or interval `start/end` (`..` = open end)."),
+    ] = None,
+    max_cloud: Annotated[
+        float | None, Query(ge=0, le=100, description="Only scenes with `eo:cloud_cover` at most this (percent).")
+    ] = None,
+    max_items: Annotated[
+        int | None, Query(ge=1, description="At most this many scenes, taken in `sortby` order (capped by settings).")
+    ] = None,
+    sortby: Annotated[
+        str, Query(description="Scene order: `-datetime` (newest first), `datetime`, `eo:cloud_cover`, …")
+    ] = "-datetime",
+) -> CollectionStack:
+    """The collection and scene selection a composite tile is computed from."""
+    settings = request.app.state.settings
+    if max_items is not None and max_items > settings.composite_max_items_cap:
+        raise InvalidParameter("max_items", f"{max_items} is above the cap of {settings.composite_max_items_cap}")
+    selection = Selection(
+        datetime=parse_datetime(datetime) if datetime else None,
+        max_cloud=max_cloud,
+        sortby=tuple(s.strip() for s in sortby.split(",") if s.strip()),
+        max_items=max_items or settings.composite_max_items,
+    )
+    catalog = get_catalog(request)
+    return CollectionStack(
+        catalog=catalog,
+        collection=catalog.collection(collection_id),
+        selection=selection,
+        pool=request.app.state.pool,
+        minzoom=settings.composite_minzoom,
+        max_bytes=settings.composite_max_bytes,
+    )
+
+
+@dataclass
+class CompositeParams(RecipeParams):
+    """How the scenes are composited per pixel."""
+
+    method: Annotated[
+        Literal[METHODS],
+        Query(description="Per-pixel compositing: first (in sortby order), median, percentile (with `p`), mean, "
+              "max_ndvi (greenest observation), medoid, geomedian (Weiszfeld), count (usable observations)."),
+    ] = "median"
+    p: Annotated[float | None, Query(ge=0, le=100, description="Percentile for method=percentile.")] = None
+    cloud_mask: Annotated[
+        str | None,
+        Query(description="Unusable pixels: `scl` (Sentinel-2 classes 0, 1, 3, 8, 9, 10), "
+              "`cloud_probability:<percent>`, `qa` (Landsat QA cloud bits) or `none`. Default: the collection's."),
+    ] = None
+    mask_dilation: Annotated[int, Query(ge=0, le=50, description="Grow masked areas by this many pixels.")] = 0
+    provenance: Annotated[
+        bool, Query(description="Return the index of the chosen scene per pixel (selecting methods) instead of values.")
+    ] = False

@@ -1,10 +1,11 @@
-"""Endpoint factories: titiler's MultiBaseTilerFactory specialised for catalog items.
+"""Endpoint factories built on titiler's: single-item tiles and collection composites.
 
-Routes (under `/collections/{collection_id}/items/{item_id}`): `/tiles/{tms}/{z}/{x}/{y}[@{scale}x][.{format}]`,
+Items, under `/collections/{collection_id}/items/{item_id}`: `/tiles/{tms}/{z}/{x}/{y}[@{scale}x][.{format}]`,
 `/{tms}/tilejson.json`, `/point/{lon},{lat}`, `/info`, `/preview[.{format}]`.
+Composites, under `/collections/{collection_id}`: the same tile and tilejson routes and `/point/{lon},{lat}`.
 """
 
-
+import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -12,6 +13,7 @@ import rasterio
 from attrs import define
 from fastapi import Depends, Path, Query
 from pydantic import Field
+from rio_tiler.models import ImageData
 from rio_tiler.utils import CRS_to_uri
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,8 +21,15 @@ from titiler.core.factory import MultiBaseTilerFactory, img_endpoint_params
 from titiler.core.models.mapbox import TileJSON
 from titiler.core.resources.enums import ImageType
 
+from mosaics.collection_reader import CollectionReader
 from mosaics.reader import SceneReader
-from tiler.dependencies import ItemPathParams, ReadParams, RecipeParams
+from tiler.dependencies import (
+    CollectionStackParams,
+    CompositeParams,
+    ItemPathParams,
+    ReadParams,
+    RecipeParams,
+)
 from tiler.tms import check_tile
 
 # Most specific first: `{y}.{format}` would otherwise swallow `2@2x.png`.
@@ -32,37 +41,32 @@ TILE_PATHS = (
 )
 
 
-def image_headers(image) -> dict[str, str]:
-    """OGC API headers describing a rendered image."""
-    headers: dict[str, str] = {}
+def tile_headers(image: ImageData, timings: dict[str, float]) -> dict[str, str]:
+    """OGC API image headers, `Server-Timing`, and the scenes a composite used, read and skipped."""
+    headers = {"Server-Timing": ", ".join(f"{stage};dur={ms:.1f}" for stage, ms in timings.items())}
     if image.bounds is not None:
         headers["Content-Bbox"] = ",".join(map(str, image.bounds))
     if uri := CRS_to_uri(image.crs):
         headers["Content-Crs"] = f"<{uri}>"
+    metadata = image.metadata or {}
+    if "items" in metadata:
+        headers["X-Items"] = ",".join(metadata["items"])
+        headers["X-Items-Read"] = str(len(metadata["read"]))
+        headers["X-Items-Skipped"] = ",".join(metadata["skipped"])
     return headers
 
 
 @define(kw_only=True)
-class ItemTilerFactory(MultiBaseTilerFactory):
-    """Tiles, TileJSON, point values, info and previews of one catalog item."""
+class RecipeTilerFactory(MultiBaseTilerFactory):
+    """Tile and TileJSON routes shared by item and composite endpoints."""
 
-    reader: type[SceneReader] = SceneReader
-    path_dependency: Any = ItemPathParams
     layer_dependency: Any = RecipeParams
     dataset_dependency: Any = ReadParams
     add_viewer: bool = False
     add_part: bool = False
 
-    def register_routes(self):
-        """Register the item routes (titiler's info, point and preview; our tile and tilejson)."""
-        self.info()
-        self.tile()
-        self.tilejson()
-        self.point()
-        self.preview()
-
     def tile(self):
-        """Register the tile routes, with titiler's `@{scale}x` suffix."""
+        """Register the tile routes, with the `@{scale}x` suffix."""
 
         def tile(
             z: Annotated[int, Path(description="Zoom level (TileMatrix identifier) in the TileMatrixSet.")],
@@ -78,7 +82,6 @@ class ItemTilerFactory(MultiBaseTilerFactory):
             ] = None,
             tilesize: Annotated[int | None, Query(gt=0, le=2048, description="Tile size in pixels (overrides scale).")] = None,
             src_path=Depends(self.path_dependency),
-            reader_params=Depends(self.reader_dependency),
             tile_params=Depends(self.tile_dependency),
             layer_params=Depends(self.layer_dependency),
             dataset_params=Depends(self.dataset_dependency),
@@ -86,22 +89,25 @@ class ItemTilerFactory(MultiBaseTilerFactory):
             render_params=Depends(self.render_dependency),
             env=Depends(self.environment_dependency),
         ):
-            """A map tile computed from the item's assets."""
+            """A map tile computed on request."""
             tms = self.supported_tms.get(tileMatrixSetId)
             check_tile(tms, z, x, y)
-            with rasterio.Env(**env):
-                with self.reader(src_path, tms=tms, **reader_params.as_dict()) as src:
-                    image = src.tile(
-                        x, y, z,
-                        tilesize=tilesize or 256 * scale,
-                        **tile_params.as_dict(),
-                        **layer_params.as_dict(),
-                        **dataset_params.as_dict(),
-                    )
+            start = time.perf_counter()
+            with rasterio.Env(**env), self.reader(src_path, tms=tms) as src:
+                image = src.tile(
+                    x, y, z,
+                    tilesize=tilesize or 256 * scale,
+                    **tile_params.as_dict(),
+                    **layer_params.as_dict(),
+                    **dataset_params.as_dict(),
+                )
+            rendered = time.perf_counter()
             content, media_type = self.render_func(
                 image, output_format=format, colormap=colormap, **render_params.as_dict()
             )
-            return Response(content, media_type=media_type, headers=image_headers(image))
+            timings = dict((image.metadata or {}).get("timings") or {"read": (rendered - start) * 1000})
+            timings["render"] = (time.perf_counter() - rendered) * 1000
+            return Response(content, media_type=media_type, headers=tile_headers(image, timings))
 
         for path in TILE_PATHS:
             self.router.add_api_route(
@@ -132,7 +138,7 @@ class ItemTilerFactory(MultiBaseTilerFactory):
             src_path=Depends(self.path_dependency),
             layer_params=Depends(self.layer_dependency),
         ):
-            """TileJSON 3.0 for the item with the given recipe and rendering parameters."""
+            """TileJSON 3.0 with the given recipe and rendering parameters in the tile URL."""
             route = {"z": "{z}", "x": "{x}", "y": "{y}", "tileMatrixSetId": tileMatrixSetId}
             if tile_scale > 1:
                 route["scale"] = str(tile_scale)
@@ -145,10 +151,40 @@ class ItemTilerFactory(MultiBaseTilerFactory):
             with self.reader(src_path, tms=tms) as src:
                 return {
                     "tilejson": "3.0.0",
-                    "name": f"{src_path.collection}/{src_path.id}",
-                    "bounds": list(src_path.bbox),
+                    "name": request.url.path.rsplit("/", 2)[0].removeprefix("/collections/"),
+                    "bounds": list(src.get_geographic_bounds(tms.rasterio_geographic_crs)),
                     "minzoom": src.minzoom if minzoom is None else minzoom,
                     "maxzoom": src.maxzoom if maxzoom is None else maxzoom,
                     "tiles": [url + (f"?{urlencode(query)}" if query else "")],
                     "attribution": request.app.state.settings.attribution,
                 }
+
+
+@define(kw_only=True)
+class ItemTilerFactory(RecipeTilerFactory):
+    """Tiles, TileJSON, point values, info and previews of one catalog item."""
+
+    reader: type[SceneReader] = SceneReader
+    path_dependency: Any = ItemPathParams
+
+    def register_routes(self):
+        """titiler's info, point and preview; our tile and tilejson."""
+        self.info()
+        self.tile()
+        self.tilejson()
+        self.point()
+        self.preview()
+
+
+@define(kw_only=True)
+class CompositeTilerFactory(RecipeTilerFactory):
+    """Per-pixel composites of a collection's scenes."""
+
+    reader: type[CollectionReader] = CollectionReader
+    path_dependency: Any = CollectionStackParams
+    layer_dependency: Any = CompositeParams
+
+    def register_routes(self):
+        """Composite tile and tilejson routes."""
+        self.tile()
+        self.tilejson()

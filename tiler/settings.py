@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     workers: int = Field(1, description="`jeo serve` worker processes.")
     attribution: str = Field("Contains modified Copernicus Sentinel data", description="TileJSON/WMTS attribution.")
     cors_origins: str = Field("*", description="Comma-separated allowed CORS origins.")
+    composite_max_items: int = Field(20, description="Default number of scenes per composite tile (`max_items`).")
+    composite_max_items_cap: int = Field(100, description="Largest `max_items` a request may ask for.")
+    composite_minzoom: int = Field(6, description="Lowest zoom served for composites (WebMercatorQuad-like zooms).")
+    composite_max_bytes: int = Field(
+        512 * 2**20, description="Memory limit per composite request: items × bands × tile pixels × 4 bytes."
+    )
+    read_threads: int = Field(8, description="Threads per process reading scene windows (GDAL releases the GIL).")
 
     @property
     def database_path(self) -> Path:

@@ -1,0 +1,129 @@
+"""CollectionReader: a rio-tiler-style reader whose tiles are per-pixel composites of a collection's scenes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import attr
+import numpy as np
+from morecantile import Tile, TileMatrixSet
+from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io.base import SpatialMixin
+from rio_tiler.models import ImageData
+
+from mosaics.catalog import Catalog
+from mosaics.composite import CloudMask, Compositing, Selection, composite_tile
+from mosaics.errors import InvalidParameter
+from mosaics.models import Collection, Item
+from mosaics.reader import SceneReader
+from mosaics.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class CollectionStack:
+    """A collection, the scene selection for composites, and where to read from."""
+
+    catalog: Catalog
+    collection: Collection
+    selection: Selection
+    pool: ThreadPoolExecutor
+    minzoom: int = 0
+    max_bytes: int = 512 * 2**20
+
+    def latest(self) -> Item | None:
+        """The newest item matching the selection's dates (for grid and default-mask decisions)."""
+        found = self.catalog.search(self.collection.id, datetime=self.selection.datetime, limit=1)
+        return found[0] if found else None
+
+
+def default_cloud_mask(item: Item | None) -> CloudMask:
+    """SCL where the items have it, else cloud probability > 40 %, else a QA band, else none."""
+    if item is not None:
+        for mask in (CloudMask("scl"), CloudMask("cloud_probability", 40.0), CloudMask("qa")):
+            try:
+                mask.asset_key(item)
+                return mask
+            except InvalidParameter:
+                continue
+    return CloudMask("none")
+
+
+@attr.s
+class CollectionReader(SpatialMixin):
+    """Composite tiles of a `CollectionStack`."""
+
+    input: CollectionStack = attr.ib()
+    tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
+    minzoom: int | None = attr.ib(default=None)
+    maxzoom: int | None = attr.ib(default=None)
+
+    def __attrs_post_init__(self):
+        self.crs = WGS84_CRS
+        self.bounds = self.input.collection.bbox or (-180.0, -90.0, 180.0, 90.0)
+        latest = self.input.latest()
+        native = SceneReader(latest, tms=self.tms) if latest else None
+        self.minzoom = self.minzoom if self.minzoom is not None else max(self.input.minzoom, self.tms.minzoom)
+        self.maxzoom = self.maxzoom if self.maxzoom is not None else (native.maxzoom if native else self.tms.maxzoom)
+        self._latest = latest
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def tile(
+        self,
+        tile_x: int,
+        tile_y: int,
+        tile_z: int,
+        assets: list[str] | None = None,
+        expression: str | None = None,
+        index: str | None = None,
+        method: str = "median",
+        p: float | None = None,
+        cloud_mask: str | None = None,
+        mask_dilation: int = 0,
+        provenance: bool = False,
+        tilesize: int = 256,
+        **read_options: Any,
+    ) -> ImageData:
+        """A composite tile; `metadata` carries the items used, read and skipped, and stage timings."""
+        recipe = Recipe.from_params(assets, expression, index)
+        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
+        compositing = Compositing(method, p, mask, mask_dilation, provenance)
+        if tile_z < self.minzoom:
+            raise InvalidParameter("z", f"composites of {self.input.collection.id} start at zoom {self.minzoom}")
+        if not self.tile_exists(tile_x, tile_y, tile_z):
+            raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside collection {self.input.collection.id}")
+        self._check_memory(recipe, compositing, tilesize)
+        result = composite_tile(
+            self.input.catalog, self.input.collection.id, self.tms, Tile(tile_x, tile_y, tile_z),
+            recipe, compositing, self.input.selection, self.input.pool, {"tilesize": tilesize, **read_options},
+        )
+        return ImageData(
+            np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),
+            assets=[item.id for item in result.items],
+            bounds=result.bounds,
+            crs=result.crs,
+            band_descriptions=result.descriptions,
+            metadata={
+                "items": [item.id for item in result.items],
+                "read": result.read,
+                "skipped": result.skipped,
+                "timings": result.timings.spent,
+            },
+        )
+
+    def _check_memory(self, recipe: Recipe, compositing: Compositing, tilesize: int) -> None:
+        """items × bands × tile pixels × 4 bytes must stay within `max_bytes`."""
+        bands = len(recipe.names) + (2 if compositing.method == "max_ndvi" else 0) + 1
+        needed = self.input.selection.max_items * bands * tilesize * tilesize * 4
+        if needed > self.input.max_bytes:
+            raise InvalidParameter(
+                "max_items", f"{self.input.selection.max_items} items × {bands} bands × {tilesize}² px × 4 B = "
+                f"{needed / 2**20:.0f} MiB exceeds the {self.input.max_bytes / 2**20:.0f} MiB per-request limit",
+            )

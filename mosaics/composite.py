@@ -1,0 +1,293 @@
+"""Per-tile composites of many scenes: catalog query → parallel window reads → masks → corrections → kernel.
+
+A composite works on the recipe's *input* bands: each scene's bands are read as physical values,
+masked (no data, clouds), corrected, composited per pixel by one of `algorithms.composite`'s kernels,
+and the recipe (band combination, expression or index) is evaluated on the composited bands.
+`count` returns the number of usable observations instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from morecantile import Tile, TileMatrixSet
+from rasterio.errors import RasterioError
+from rio_tiler.errors import RioTilerError
+from shapely.geometry import box, mapping
+
+from algorithms import composite as kernels
+from algorithms import indices, masks
+from mosaics.catalog import Catalog
+from mosaics.errors import InvalidParameter, NotFound, SceneReadError
+from mosaics.models import Item
+from mosaics.reader import SceneReader
+from mosaics.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("first", "median", "percentile", "mean", "max_ndvi", "medoid", "geomedian", "count")
+SELECTING = ("first", "max_ndvi", "medoid")
+MASK_ASSETS = {"scl": ("scl", "SCL"), "cloud_probability": ("cloud_probability", "CLDPRB", "CLP"), "qa": ("qa", "qa_pixel", "BQA")}
+
+
+@dataclass(frozen=True)
+class CloudMask:
+    """Which per-pixel cloud mask marks observations unusable: `scl`, `cloud_probability:<percent>`, `qa`, `none`."""
+
+    kind: str = "none"
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CloudMask:
+        """Parse the `cloud_mask` parameter."""
+        kind, _, value = text.partition(":")
+        if kind not in ("scl", "cloud_probability", "qa", "none"):
+            raise InvalidParameter("cloud_mask", f"'{text}' is not one of scl, cloud_probability:<0-100>, qa, none")
+        if kind == "cloud_probability":
+            try:
+                threshold = float(value or 40)
+            except ValueError:
+                raise InvalidParameter("cloud_mask", f"threshold '{value}' is not a number") from None
+            if not 0 <= threshold <= 100:
+                raise InvalidParameter("cloud_mask", f"threshold {threshold} is outside 0–100")
+            return cls(kind, threshold)
+        if value:
+            raise InvalidParameter("cloud_mask", f"'{kind}' takes no threshold")
+        return cls(kind)
+
+    def asset_key(self, item: Item) -> str | None:
+        """The item's asset holding this mask (None for `none`)."""
+        if self.kind == "none":
+            return None
+        for name in MASK_ASSETS[self.kind]:
+            if name in item.assets:
+                return name
+            for asset in item.assets.values():
+                if name in asset.names:
+                    return asset.key
+        raise InvalidParameter("cloud_mask", f"item '{item.id}' has no {self.kind} asset")
+
+    def valid(self, raw: np.ndarray) -> np.ndarray:
+        """`bool[H, W]` usable pixels from the mask asset's raw values `raw[H, W]`."""
+        if self.kind == "scl":
+            return masks.scl_valid(raw)
+        if self.kind == "cloud_probability":
+            return masks.cloud_probability_valid(raw, self.threshold)
+        return masks.bqa_valid(raw)
+
+
+@dataclass(frozen=True)
+class Compositing:
+    """How a stack becomes one image."""
+
+    method: str = "median"
+    p: float | None = None
+    cloud_mask: CloudMask = field(default_factory=CloudMask)
+    mask_dilation: int = 0
+    provenance: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InvalidParameter("method", f"'{self.method}' is not one of {', '.join(METHODS)}")
+        if self.method == "percentile" and self.p is None:
+            raise InvalidParameter("p", "is required with method=percentile")
+        if self.provenance and self.method not in SELECTING:
+            raise InvalidParameter("provenance", f"needs a selecting method ({', '.join(SELECTING)}), not {self.method}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which scenes: a STAC datetime interval, a cloud-cover limit, an order and a count."""
+
+    datetime: tuple[datetime | None, datetime | None] | None = None
+    max_cloud: float | None = None
+    sortby: tuple[str, ...] = ("-datetime",)
+    max_items: int = 20
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent per stage, for `Server-Timing`."""
+
+    spent: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] = self.spent.get(name, 0.0) + (time.perf_counter() - start) * 1000
+
+
+@dataclass
+class CompositeTile:
+    """A composited tile and how it was made."""
+
+    values: np.ndarray  # float32 [outputs, H, W], NaN where no usable observation
+    descriptions: list[str]
+    items: list[Item]  # candidates in selection order; `index` refers to this list
+    read: list[str]  # ids of the items actually read
+    skipped: dict[str, str]  # item id → reason
+    index: np.ndarray | None  # int16 [H, W] chosen observation (selecting methods), -1 = none
+    bounds: tuple[float, float, float, float]
+    crs: object
+    timings: Timings
+
+
+@dataclass
+class _Scene:
+    item: Item
+    bands: np.ndarray  # float32 [K, H, W] physical, NaN = no data
+    valid: np.ndarray  # bool [H, W]
+    bounds: tuple[float, float, float, float]
+    crs: object
+
+
+def candidates(catalog: Catalog, collection_id: str, tms: TileMatrixSet, tile: Tile, selection: Selection) -> list[Item]:
+    """Items whose footprint touches the tile, filtered and ordered by `selection`."""
+    west, south, east, north = tms.bounds(tile)
+    return catalog.search(
+        collection_id,
+        intersects=mapping(box(west, south, east, north)),
+        datetime=selection.datetime,
+        max_cloud=selection.max_cloud,
+        sortby=selection.sortby,
+        limit=selection.max_items,
+    )
+
+
+def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str]:
+    """Band name → asset key for everything the recipe and the method read."""
+    keys = recipe.resolve(item)
+    if compositing.method == "max_ndvi":
+        for name in indices.INDICES["ndvi"].bands:
+            keys.setdefault(name, item.asset(name).key)
+    return keys
+
+
+def _read_scene(
+    item: Item, tms: TileMatrixSet, tile: Tile, keys: dict[str, str], compositing: Compositing, read_options: dict
+) -> _Scene:
+    reader = SceneReader(item, tms=tms)
+    order = list(dict.fromkeys(keys.values()))
+    mask_key = compositing.cloud_mask.asset_key(item)
+    try:
+        raw = reader.read_tile(tile.x, tile.y, tile.z, order, **read_options)
+        bands = reader.physical(raw, order)
+        valid = np.isfinite(bands).all(axis=0)
+        if mask_key is not None:
+            mask_options = {k: v for k, v in read_options.items() if k not in ("resampling_method", "reproject_method", "nodata")}
+            mask = reader.read_tile(tile.x, tile.y, tile.z, [mask_key], **mask_options)
+            valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask.array.data[0])) & ~mask.array.mask[0]
+    except (RasterioError, RioTilerError, OSError) as error:
+        raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
+    if compositing.mask_dilation:
+        valid = masks.dilate_invalid(valid, compositing.mask_dilation)
+    names = list(keys)
+    return _Scene(item, bands[[order.index(keys[n]) for n in names]], valid, tuple(raw.bounds), raw.crs)
+
+
+def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    method = compositing.method
+    if method == "median":
+        return lambda s, v: (kernels.median(s, v), None)
+    if method == "percentile":
+        return lambda s, v: (kernels.percentile(s, v, compositing.p), None)
+    if method == "mean":
+        return lambda s, v: (kernels.mean(s, v), None)
+    if method == "geomedian":
+        return lambda s, v: (kernels.geomedian(s, v), None)
+    if method == "first":
+        return lambda s, v: kernels.first_valid(s, v, return_index=True)
+    if method == "medoid":
+        return lambda s, v: kernels.medoid(s, v, return_index=True)
+    if method == "max_ndvi":
+        nir, red = (names.index(b) for b in indices.INDICES["ndvi"].bands)
+        return lambda s, v: kernels.max_score(s, v, indices.ndvi(s[:, nir], s[:, red]), return_index=True)
+    raise InvalidParameter("method", method)
+
+
+def composite_tile(
+    catalog: Catalog,
+    collection_id: str,
+    tms: TileMatrixSet,
+    tile: Tile,
+    recipe: Recipe,
+    compositing: Compositing,
+    selection: Selection,
+    pool: ThreadPoolExecutor,
+    read_options: dict | None = None,
+) -> CompositeTile:
+    """Composite every selected scene that touches `tile`. Unreadable scenes are skipped and reported."""
+    timings = Timings()
+    read_options = read_options or {}
+    with timings.stage("catalog"):
+        items = candidates(catalog, collection_id, tms, tile, selection)
+    if not items:
+        raise NotFound("items", f"{collection_id} {tile.z}/{tile.x}/{tile.y}", "no scene matches the tile and filters")
+    keys = _keys(recipe, compositing, items[0])
+    names = list(keys)
+    scenes: list[_Scene] = []
+    skipped: dict[str, str] = {}
+
+    def read(item: Item) -> _Scene | None:
+        try:
+            return _read_scene(item, tms, tile, _keys(recipe, compositing, item), compositing, read_options)
+        except SceneReadError as error:
+            logger.warning("skipping scene: %s", error)
+            skipped[item.id] = str(error)
+            return None
+
+    with timings.stage("read"):
+        if compositing.method == "first":
+            filled = None
+            batch = pool._max_workers  # noqa: SLF001 - one batch per pool width
+            for start in range(0, len(items), batch):
+                for scene in pool.map(read, items[start:start + batch]):
+                    if scene is not None:
+                        scenes.append(scene)
+                        filled = scene.valid.copy() if filled is None else filled | scene.valid
+                if filled is not None and filled.all():
+                    break
+        else:
+            scenes = [s for s in pool.map(read, items) if s is not None]
+    read_ids = [s.item.id for s in scenes] + list(skipped)
+    if not scenes:
+        raise SceneReadError(",".join(skipped) or "-", "*", "every scene of the tile failed to read")
+    with timings.stage("mask"):
+        stack = np.stack([s.bands for s in scenes])
+        valid = np.stack([s.valid for s in scenes])
+    with timings.stage("kernel"):
+        if compositing.method == "count":
+            values, index = kernels.count(valid).astype(np.float32)[np.newaxis], None
+            descriptions = ["count"]
+        else:
+            composited, index = _kernel(compositing, names)(stack, valid)
+            values = recipe.evaluate({name: composited[i] for i, name in enumerate(names)})
+            descriptions = recipe.descriptions
+        if index is not None:
+            # index into `items` (selection order), not into the read scenes
+            positions = np.array([items.index(s.item) for s in scenes] + [-1], dtype=np.int16)
+            index = positions[index]
+        if compositing.provenance:
+            values = np.where(index >= 0, index, np.nan).astype(np.float32)[np.newaxis]
+            descriptions = ["provenance"]
+    return CompositeTile(
+        values=values,
+        descriptions=descriptions,
+        items=items,
+        read=read_ids,
+        skipped=skipped,
+        index=index,
+        bounds=scenes[0].bounds,
+        crs=scenes[0].crs,
+        timings=timings,
+    )
