@@ -248,15 +248,14 @@ def composite_tile(
 
     with timings.stage("read"):
         if compositing.method == "first":
-            filled = None
-            batch = pool._max_workers  # noqa: SLF001 - one batch per pool width
-            for start in range(0, len(items), batch):
+            # Read in order, in batches of 1, 2, 4, … and stop once every pixel has a usable observation.
+            filled, start, batch = None, 0, 1
+            while start < len(items) and (filled is None or not filled.all()):
                 for scene in pool.map(read, items[start:start + batch]):
                     if scene is not None:
                         scenes.append(scene)
                         filled = scene.valid.copy() if filled is None else filled | scene.valid
-                if filled is not None and filled.all():
-                    break
+                start, batch = start + batch, batch * 2
         else:
             scenes = [s for s in pool.map(read, items) if s is not None]
     read_ids = [s.item.id for s in scenes] + list(skipped)

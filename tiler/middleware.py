@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mosaics.errors import InvalidParameter, JeoError, NotFound
 from tiler import wmts
 
-COLLECTION_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/")
+COLLECTION_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/(?P<items>items/)?")
 REST_TILE = re.compile(
     r"^/wmts/1\.0\.0/(?P<layer>[^/]+)/(?P<style>[^/]+)/(?P<time>[^/]+)/(?P<tilematrixset>[^/]+)/"
     r"(?P<tilematrix>[^/]+)/(?P<tilerow>[^/]+)/(?P<tilecol>[^/.]+)\.(?P<ext>[a-z]+)$"
@@ -74,10 +74,16 @@ class PresetMiddleware:
             return
         if len(names) > 1:
             raise InvalidParameter("preset", "give one preset")
-        preset = scope["app"].state.presets.get(match["collection"], names[0])
+        state = scope["app"].state
+        preset = state.presets.get(match["collection"], names[0])
+        if preset.is_composite and match["items"]:
+            raise InvalidParameter("preset", f"'{preset.id}' is a composite preset: use /collections/{match['collection']}/tiles/…")
         given = {k for k, _ in query}
         rest = [(k, v) for k, v in query if k != "preset"]
-        expanded = [(k, v) for k, v in preset.query() if k not in given]
+        defaults = preset.query()
+        if preset.is_composite and (latest := state.catalog.search(match["collection"], limit=1)):
+            defaults.append(("datetime", preset.interval(latest[0].datetime)))
+        expanded = [(k, v) for k, v in defaults if k not in given and v is not None]
         if given & {"assets", "expression", "index"}:
             expanded = [(k, v) for k, v in expanded if k not in ("assets", "expression", "index")]
         scope["query_string"] = urlencode(expanded + rest).encode()

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from mosaics.errors import CatalogError, JeoError, NotFound
+from mosaics.errors import CatalogError, InvalidParameter, JeoError, NotFound
 from mosaics.models import Item
 from mosaics.recipe import Recipe
 
 DEFAULT_PRESETS = Path(__file__).with_name("presets.toml")
+_DAYS = re.compile(r"^P(\d+)D$")
+
+
+def parse_days(period: str) -> timedelta:
+    """An ISO 8601 duration in days (`P30D`)."""
+    if not (match := _DAYS.match(period)):
+        raise InvalidParameter("period", f"'{period}' is not an ISO 8601 duration in days such as P30D")
+    return timedelta(days=int(match[1]))
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,22 @@ class Preset:
     minzoom: int | None = None
     maxzoom: int | None = None
     format: str = "png"
+    method: str | None = None
+    p: float | None = None
+    cloud_mask: str | None = None
+    period: str | None = None
+
+    @property
+    def is_composite(self) -> bool:
+        """A composite preset (it has a `method`) is served by the collection tile endpoints."""
+        return self.method is not None
+
+    def interval(self, latest: datetime) -> str | None:
+        """The preset's default `datetime`: `period` (ISO 8601 days, e.g. P30D) ending at `latest`."""
+        if self.period is None:
+            return None
+        start = latest - parse_days(self.period)
+        return f"{start.date().isoformat()}/{latest.date().isoformat()}"
 
     @property
     def recipe(self) -> Recipe:
@@ -43,9 +69,9 @@ class Preset:
         params: list[tuple[str, str]] = []
         if self.assets:
             params.append(("assets", ",".join(self.assets)))
-        for name in ("expression", "index", "colormap_name", "color_formula", "resampling"):
+        for name in ("expression", "index", "colormap_name", "color_formula", "resampling", "method", "p", "cloud_mask"):
             if (value := getattr(self, name)) is not None:
-                params.append((name, value))
+                params.append((name, str(value)))
         params += [("rescale", r) for r in self.rescale]
         return params
 
@@ -75,6 +101,8 @@ def _preset(source: Path, preset_id: str, data: dict[str, Any]) -> Preset:
     try:
         preset = Preset(id=preset_id, **values)
         preset.recipe  # noqa: B018 - validates the recipe now, not at the first request
+        if preset.period is not None:
+            parse_days(preset.period)
     except (TypeError, JeoError) as error:
         raise CatalogError(str(source), f"presets.{preset_id}", str(error)) from None
     return preset

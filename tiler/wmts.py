@@ -1,5 +1,8 @@
 """OGC WMTS 1.0.0: service-level capabilities (KVP and REST) whose layers are the collections' presets.
 
+Item layers have one Time value per acquisition date (default: the latest); composite layers have
+intervals written `start--end` (ISO 8601's alternative separator, safe in REST paths).
+
 GetTile (KVP `/wmts?REQUEST=GetTile…` and REST `/wmts/1.0.0/{layer}/{style}/{Time}/{tms}/{z}/{row}/{col}.{ext}`)
 is rewritten by `tiler.middleware` into the matching tile URL with `preset=`, so every WMTS tile is
 byte-identical to the tile endpoint's.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlencode
 from xml.sax.saxutils import escape, quoteattr
 
 from fastapi import APIRouter, Query
@@ -19,6 +23,7 @@ from starlette.responses import Response
 from mosaics.errors import InvalidParameter, NotFound
 from mosaics.models import Item
 from mosaics.reader import SceneReader
+from tiler.params import parse_datetime
 
 router = APIRouter()
 
@@ -36,13 +41,14 @@ class Layer:
     abstract: str
     collection_id: str
     preset_id: str
+    composite: bool
     bbox: tuple[float, float, float, float]
     times: tuple[str, ...]
     zooms: dict[str, tuple[int, int]]
 
     @property
     def default_time(self) -> str:
-        """The latest date."""
+        """The latest date (item layers) or the preset's period (composite layers)."""
         return self.times[-1]
 
 
@@ -75,17 +81,24 @@ def layers(request: Request) -> list[Layer]:
             min(i.bbox[0] for i in items), min(i.bbox[1] for i in items),
             max(i.bbox[2] for i in items), max(i.bbox[3] for i in items),
         )
-        times = tuple(sorted({_date(i) for i in items}))
+        dates = tuple(sorted({_date(i) for i in items}))
+        whole = f"{dates[0]}--{dates[-1]}"
+        composite_min = request.app.state.settings.composite_minzoom
         for preset in registry.for_collection(collection.id, latest).values():
+            interval = (preset.interval(latest.datetime) or whole).replace("/", "--")
             found.append(Layer(
                 identifier=f"{collection.id}.{preset.id}",
                 title=f"{collection.title or collection.id}: {preset.title}",
                 abstract=preset.description,
                 collection_id=collection.id,
                 preset_id=preset.id,
+                composite=preset.is_composite,
                 bbox=bbox,
-                times=times,
-                zooms=zooms,
+                times=tuple(dict.fromkeys((whole, interval))) if preset.is_composite else dates,
+                zooms={
+                    tms_id: (max(low, composite_min) if preset.is_composite and tms_id == "WebMercatorQuad" else low, high)
+                    for tms_id, (low, high) in zooms.items()
+                },
             ))
     return found
 
@@ -111,14 +124,21 @@ def tile_target(request: Request, params: dict[str, str]) -> str:
     if ext not in FORMATS.values():
         raise InvalidParameter("FORMAT", f"'{params.get('format')}' is not one of {', '.join(FORMATS)}")
     time = params.get("time") or layer.default_time
-    if time not in layer.times:
+    if time not in layer.times and not (layer.composite and "--" in time):
         raise InvalidParameter("TIME", f"'{time}' is not one of {', '.join(layer.times)}")
     for name in ("tilematrix", "tilerow", "tilecol"):
         if not params[name].isdigit():
             raise InvalidParameter(name.upper(), f"'{params[name]}' is not a non-negative integer")
-    items = request.app.state.catalog.search(layer.collection_id, ids=None, sortby=("-datetime",))
-    item = next(i for i in items if _date(i) == time)
     z, row, col = params["tilematrix"], params["tilerow"], params["tilecol"]
+    if layer.composite:
+        interval = time.replace("--", "/")
+        parse_datetime(interval, "TIME")
+        return (
+            f"/collections/{layer.collection_id}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
+            f"?{urlencode({'preset': layer.preset_id, 'datetime': interval})}"
+        )
+    items = request.app.state.catalog.search(layer.collection_id, sortby=("-datetime",))
+    item = next(i for i in items if _date(i) == time)
     return (
         f"/collections/{layer.collection_id}/items/{item.id}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
         f"?preset={layer.preset_id}"

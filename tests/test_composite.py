@@ -1,0 +1,244 @@
+"""Composite tiles against an independent numpy reference built from direct rio-tiler reads (real data)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import morecantile
+import numpy as np
+import pytest
+from rio_tiler.io import Reader
+
+from tests.conftest import start_server, stop_server
+
+C = "sentinel-2-l2a-timeseries"
+BANDS = {"red": "B04", "green": "B03", "blue": "B02", "nir": "B08"}
+SCL_INVALID = (0, 1, 3, 8, 9, 10)
+WM = morecantile.tms.get("WebMercatorQuad")
+TILES = {
+    "inside": WM.tile(15.9, 46.45, 10),
+    "wedge": WM.tile(15.2, 46.75, 10),  # straddles the west edge of the 10, 15 and 20 August swath
+    "low-zoom": WM.tile(15.7, 46.45, 7),  # read from overviews
+}
+
+
+def items(shared_data: Path) -> list[dict]:
+    docs = [json.loads(p.read_text()) for p in sorted((shared_data / C).glob("*/*_L2A.json"))]
+    return docs
+
+
+def order(docs: list[dict], key: str) -> list[dict]:
+    """Items as the server orders them: -datetime, or eo:cloud_cover ascending."""
+    if key == "-datetime":
+        return sorted(docs, key=lambda d: d["properties"]["datetime"], reverse=True)
+    return sorted(docs, key=lambda d: (d["properties"]["eo:cloud_cover"], d["id"]))
+
+
+def read_stack(shared_data: Path, docs: list[dict], tile, names: list[str], skip: str | None = None):
+    """Physical values [T, B, H, W] (NaN = no data) and SCL-valid [T, H, W], read with rio-tiler alone."""
+    stack, valid, kept = [], [], []
+    for doc in docs:
+        if doc["id"] == skip:
+            continue
+        folder = shared_data / C / doc["id"]
+        bands = []
+        for name in names:
+            with Reader(str(folder / f"{BANDS[name]}.tif")) as src:
+                img = src.tile(tile.x, tile.y, tile.z, tilesize=256)
+            bands.append(np.where(img.array.mask[0], np.nan, img.array.data[0] * 0.0001).astype(np.float32))
+        with Reader(str(folder / "SCL.tif")) as src:
+            scl = src.tile(tile.x, tile.y, tile.z, tilesize=256)
+        ok = ~np.isin(scl.array.data[0], SCL_INVALID) & ~scl.array.mask[0]
+        bands = np.stack(bands)
+        stack.append(bands)
+        valid.append(ok & np.isfinite(bands).all(axis=0))
+        kept.append(doc)
+    return np.stack(stack), np.stack(valid), kept
+
+
+def fetch(server, tile, **params) -> tuple[np.ndarray, dict]:
+    response = server.get(f"/collections/{C}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy", params=params)
+    assert response.status_code == 200, response.text
+    array = np.load(io.BytesIO(response.content))
+    return array, response.headers
+
+
+def masked(stack, valid):
+    return np.where(valid[:, None], stack, np.nan)
+
+
+def select(stack, index):
+    """Observation `index[H, W]` of every pixel; NaN where index < 0."""
+    t = np.clip(index, 0, None)
+    out = np.take_along_axis(stack, t[None, None], axis=0)[0]
+    return np.where(index >= 0, out, np.nan)
+
+
+def first_index(valid):
+    any_valid = valid.any(axis=0)
+    return np.where(any_valid, valid.argmax(axis=0), -1)
+
+
+def assert_values(actual, expected):
+    both = np.isnan(actual) == np.isnan(expected)
+    assert both.mean() > 0.999, f"{(~both).sum()} pixels differ in validity"
+    np.testing.assert_allclose(actual[both], expected[both], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", list(TILES))
+def test_median_equals_reference(server, shared_data, where):
+    tile = TILES[where]
+    docs = order(items(shared_data), "-datetime")
+    stack, valid, _ = read_stack(shared_data, docs, tile, ["red", "green", "blue"])
+    actual, headers = fetch(server, tile, assets="red,green,blue", method="median", cloud_mask="scl")
+    assert_values(actual[:3], np.nanmedian(masked(stack, valid), axis=0))
+    assert int(headers["X-Items-Read"]) == len(headers["X-Items"].split(",")) >= 2
+    assert {"catalog", "read", "mask", "kernel", "render"} <= {
+        part.split(";")[0].strip() for part in headers["Server-Timing"].split(",")}
+
+
+@pytest.mark.parametrize("where", ["inside", "wedge"])
+def test_percentile_and_mean(server, shared_data, where):
+    tile = TILES[where]
+    stack, valid, _ = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["nir"])
+    actual, _ = fetch(server, tile, assets="nir", method="percentile", p=25)
+    assert_values(actual[:1], np.nanpercentile(masked(stack, valid), 25, axis=0))
+    actual, _ = fetch(server, tile, assets="nir", method="mean")
+    assert_values(actual[:1], np.nanmean(masked(stack, valid), axis=0))
+
+
+@pytest.mark.parametrize("where", list(TILES))
+def test_first_by_cloud_cover(server, shared_data, where):
+    tile = TILES[where]
+    docs = order(items(shared_data), "eo:cloud_cover")
+    stack, valid, _ = read_stack(shared_data, docs, tile, ["red", "green", "blue"])
+    actual, headers = fetch(server, tile, assets="red,green,blue", method="first", sortby="eo:cloud_cover")
+    index = first_index(valid)
+    assert_values(actual[:3], select(stack, index))
+    assert headers["X-Items"].split(",") == [d["id"] for d in docs]
+
+
+def test_first_stops_reading_when_the_tile_is_filled(server, shared_data):
+    """The clearest scene (15 August, 0.19 %) covers this tile: fewer scenes are read than selected."""
+    tile = WM.tile(16.2, 46.3, 12)
+    _, headers = fetch(server, tile, assets="red", method="first", sortby="eo:cloud_cover")
+    assert headers["X-Items"].split(",")[0] == "S2A_33TWM_20230815_0_L2A"
+    assert int(headers["X-Items-Read"]) < len(headers["X-Items"].split(","))
+
+
+@pytest.mark.parametrize("where", ["inside", "wedge"])
+def test_max_ndvi_and_provenance(server, shared_data, where):
+    tile = TILES[where]
+    docs = order(items(shared_data), "-datetime")
+    stack, valid, _ = read_stack(shared_data, docs, tile, ["red", "nir"])
+    ndvi = (stack[:, 1] - stack[:, 0]) / (stack[:, 1] + stack[:, 0])
+    score = np.where(valid & np.isfinite(ndvi), ndvi, -np.inf)
+    index = np.where((score > -np.inf).any(axis=0), score.argmax(axis=0), -1)
+    actual, _ = fetch(server, tile, assets="red,nir", method="max_ndvi")
+    assert_values(actual[:2], select(stack, index))
+    provenance, _ = fetch(server, tile, assets="red,nir", method="max_ndvi", provenance="true")
+    np.testing.assert_array_equal(np.nan_to_num(provenance[0], nan=-1).astype(int), index)
+
+
+def medoid_reference(stack, valid):
+    t = stack.shape[0]
+    distance = np.zeros((t, t) + stack.shape[2:], dtype=np.float64)
+    for i in range(t):
+        for j in range(t):
+            distance[i, j] = np.sqrt(((stack[i].astype(np.float64) - stack[j]) ** 2).sum(axis=0))
+    distance = np.where(valid[None] & valid[:, None], distance, 0.0)
+    total = np.where(valid, distance.sum(axis=1), np.inf)
+    return np.where(valid.any(axis=0), total.argmin(axis=0), -1)
+
+
+@pytest.mark.parametrize("where", ["inside", "wedge"])
+def test_medoid(server, shared_data, where):
+    tile = TILES[where]
+    stack, valid, _ = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["red", "green", "blue"])
+    actual, _ = fetch(server, tile, assets="red,green,blue", method="medoid")
+    assert_values(actual[:3], select(stack, medoid_reference(stack, valid)))
+
+
+def test_count_equals_reference(server, shared_data):
+    tile = TILES["wedge"]
+    _, valid, _ = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["red", "green", "blue"])
+    actual, _ = fetch(server, tile, assets="red,green,blue", method="count")
+    np.testing.assert_array_equal(actual[0], valid.sum(axis=0))
+
+
+def test_no_cloud_where_a_clear_observation_exists_and_wedge_is_filled(server, shared_data):
+    tile = TILES["wedge"]
+    docs = order(items(shared_data), "-datetime")
+    _, valid, _ = read_stack(shared_data, docs, tile, ["red"])
+    provenance, headers = fetch(server, tile, assets="red", method="first", provenance="true")
+    chosen = np.nan_to_num(provenance[0], nan=-1).astype(int)
+    ids = headers["X-Items"].split(",")
+    scl = []
+    for item_id in ids:
+        with Reader(str(shared_data / C / item_id / "SCL.tif")) as src:
+            scl.append(src.tile(tile.x, tile.y, tile.z, tilesize=256).array.data[0])
+    scl = np.stack(scl)
+    has_clear = valid.any(axis=0)
+    assert (chosen[has_clear] >= 0).all()
+    picked = np.take_along_axis(scl, np.clip(chosen, 0, None)[None], axis=0)[0]
+    assert not np.isin(picked[has_clear], (8, 9, 10)).any()
+    # the wedge (no data on 10, 15, 20 August) is filled from 13 and 18 August
+    wedge = has_clear & ~valid[[ids.index(d["id"]) for d in docs if d["id"].endswith(("0810_0_L2A", "0815_0_L2A", "0820_0_L2A"))]].any(axis=0)
+    assert wedge.sum() > 1000
+    assert {ids[i] for i in np.unique(chosen[wedge])} <= {"S2B_33TWM_20230813_0_L2A", "S2A_33TWM_20230818_0_L2A"}
+
+
+BAD = [
+    ({"assets": "red", "method": "mode"}, 422, "method"),
+    ({"assets": "red", "method": "percentile", "p": "101"}, 422, "p"),
+    ({"assets": "red", "method": "percentile"}, 400, "p"),
+    ({"assets": "red", "datetime": "2023-08-20/2023-08-10"}, 400, "datetime"),
+    ({"assets": "red", "datetime": "August"}, 400, "datetime"),
+    ({"assets": "red", "max_items": "100000"}, 400, "max_items"),
+    ({"assets": "red", "max_items": "0"}, 422, "max_items"),
+    ({"assets": "red", "cloud_mask": "fog"}, 400, "cloud_mask"),
+    ({"assets": "red", "cloud_mask": "cloud_probability:200"}, 400, "cloud_mask"),
+    ({"assets": "red", "cloud_mask": "qa"}, 400, "cloud_mask"),
+    ({"assets": "red", "max_cloud": "-3"}, 422, "max_cloud"),
+    ({"assets": "red", "sortby": "colour"}, 400, "sortby"),
+    ({"assets": "red", "method": "median", "provenance": "true"}, 400, "provenance"),
+    ({"assets": "red", "mask_dilation": "-1"}, 422, "mask_dilation"),
+]
+
+
+@pytest.mark.parametrize("query,status,needle", BAD, ids=[b[2] + str(i) for i, b in enumerate(BAD)])
+def test_composite_bad_input(server, query, status, needle):
+    tile = TILES["inside"]
+    response = server.get(f"/collections/{C}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png", params=query)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
+def test_truncated_scene_is_skipped(tmp_path, shared_data):
+    """One item's COG truncated: the tile is still 200, the header names the item, pixels = reference without it."""
+    from mosaics.catalog import Catalog
+
+    copy = tmp_path / "data"
+    shutil.copytree(shared_data, copy)
+    broken = "S2A_33TWM_20230818_0_L2A"
+    path = copy / C / broken / "B04.tif"
+    path.write_bytes(path.read_bytes()[:5000])
+    home = tmp_path / "home"
+    home.mkdir()
+    Catalog(home / "catalog.db").ingest(copy)
+    server = start_server(home)
+    try:
+        tile = TILES["inside"]
+        actual, headers = fetch(server, tile, assets="red,green,blue", method="median")
+        assert headers["X-Items-Skipped"] == broken
+        docs = order(items(shared_data), "-datetime")
+        stack, valid, kept = read_stack(shared_data, docs, tile, ["red", "green", "blue"], skip=broken)
+        assert len(kept) == 4
+        assert_values(actual[:3], np.nanmedian(masked(stack, valid), axis=0))
+        log = "".join(p.read_text() for p in home.glob("server-*.log"))
+        assert broken in log
+    finally:
+        stop_server(server)
