@@ -15,8 +15,9 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.composite import CloudMask, Compositing, Selection, composite_tile
+from mosaics.composite import CloudMask, Compositing, Selection, composite
 from mosaics.errors import InvalidParameter
+from mosaics.grid import Grid
 from mosaics.models import Collection, Item
 from mosaics.reader import SceneReader
 from mosaics.recipe import Recipe
@@ -100,9 +101,9 @@ class CollectionReader(SpatialMixin):
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside collection {self.input.collection.id}")
         self._check_memory(recipe, compositing, tilesize)
-        result = composite_tile(
-            self.input.catalog, self.input.collection.id, self.tms, Tile(tile_x, tile_y, tile_z),
-            recipe, compositing, self.input.selection, self.input.pool, {"tilesize": tilesize, **read_options},
+        result = composite(
+            self.input.catalog, self.input.collection.id, Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize),
+            recipe, compositing, self.input.selection, self.input.pool, read_options,
         )
         return ImageData(
             np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),

@@ -1,4 +1,5 @@
-"""Per-tile composites of many scenes: catalog query → parallel window reads → masks → corrections → kernel.
+"""Composites of many scenes on a grid (a tile or an export chunk): catalog query → parallel window reads →
+masks → corrections → kernel.
 
 A composite works on the recipe's *input* bands: each scene's bands are read as physical values,
 masked (no data, clouds), corrected, composited per pixel by one of `algorithms.composite`'s kernels,
@@ -17,15 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from morecantile import Tile, TileMatrixSet
 from rasterio.errors import RasterioError
 from rio_tiler.errors import RioTilerError
-from shapely.geometry import box, mapping
 
 from algorithms import composite as kernels
 from algorithms import indices, masks
 from mosaics.catalog import Catalog
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
+from mosaics.grid import Grid
 from mosaics.models import Item
 from mosaics.reader import SceneReader
 from mosaics.recipe import Recipe
@@ -128,8 +128,8 @@ class Timings:
 
 
 @dataclass
-class CompositeTile:
-    """A composited tile and how it was made."""
+class CompositeResult:
+    """A composited grid and how it was made."""
 
     values: np.ndarray  # float32 [outputs, H, W], NaN where no usable observation
     descriptions: list[str]
@@ -151,12 +151,12 @@ class _Scene:
     crs: object
 
 
-def candidates(catalog: Catalog, collection_id: str, tms: TileMatrixSet, tile: Tile, selection: Selection) -> list[Item]:
-    """Items whose footprint touches the tile, filtered and ordered by `selection`."""
-    west, south, east, north = tms.bounds(tile)
+def candidates(catalog: Catalog, collection_id: str, grid: Grid, selection: Selection) -> list[Item]:
+    """Items whose footprint touches the grid, filtered and ordered by `selection`."""
     return catalog.search(
         collection_id,
-        intersects=mapping(box(west, south, east, north)),
+        bbox=grid.bounds,
+        bbox_crs=grid.crs.to_string(),
         datetime=selection.datetime,
         max_cloud=selection.max_cloud,
         sortby=selection.sortby,
@@ -173,19 +173,17 @@ def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str
     return keys
 
 
-def _read_scene(
-    item: Item, tms: TileMatrixSet, tile: Tile, keys: dict[str, str], compositing: Compositing, read_options: dict
-) -> _Scene:
-    reader = SceneReader(item, tms=tms)
+def _read_scene(item: Item, grid: Grid, keys: dict[str, str], compositing: Compositing, read_options: dict) -> _Scene:
+    reader = SceneReader(item)
     order = list(dict.fromkeys(keys.values()))
     mask_key = compositing.cloud_mask.asset_key(item)
     try:
-        raw = reader.read_tile(tile.x, tile.y, tile.z, order, **read_options)
+        raw = reader.read_grid(grid, order, **read_options)
         bands = reader.physical(raw, order)
         valid = np.isfinite(bands).all(axis=0)
         if mask_key is not None:
             mask_options = {k: v for k, v in read_options.items() if k not in ("resampling_method", "reproject_method", "nodata")}
-            mask = reader.read_tile(tile.x, tile.y, tile.z, [mask_key], **mask_options)
+            mask = reader.read_grid(grid, [mask_key], **mask_options)
             valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask.array.data[0])) & ~mask.array.mask[0]
     except (RasterioError, RioTilerError, OSError) as error:
         raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
@@ -215,24 +213,23 @@ def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray,
     raise InvalidParameter("method", method)
 
 
-def composite_tile(
+def composite(
     catalog: Catalog,
     collection_id: str,
-    tms: TileMatrixSet,
-    tile: Tile,
+    grid: Grid,
     recipe: Recipe,
     compositing: Compositing,
     selection: Selection,
     pool: ThreadPoolExecutor,
     read_options: dict | None = None,
-) -> CompositeTile:
-    """Composite every selected scene that touches `tile`. Unreadable scenes are skipped and reported."""
+) -> CompositeResult:
+    """Composite every selected scene that touches `grid`. Unreadable scenes are skipped and reported."""
     timings = Timings()
     read_options = read_options or {}
     with timings.stage("catalog"):
-        items = candidates(catalog, collection_id, tms, tile, selection)
+        items = candidates(catalog, collection_id, grid, selection)
     if not items:
-        raise NotFound("items", f"{collection_id} {tile.z}/{tile.x}/{tile.y}", "no scene matches the tile and filters")
+        raise NotFound("items", collection_id, "no scene matches the area and filters")
     keys = _keys(recipe, compositing, items[0])
     names = list(keys)
     scenes: list[_Scene] = []
@@ -240,7 +237,7 @@ def composite_tile(
 
     def read(item: Item) -> _Scene | None:
         try:
-            return _read_scene(item, tms, tile, _keys(recipe, compositing, item), compositing, read_options)
+            return _read_scene(item, grid, _keys(recipe, compositing, item), compositing, read_options)
         except SceneReadError as error:
             logger.warning("skipping scene: %s", error)
             skipped[item.id] = str(error)
@@ -279,7 +276,7 @@ def composite_tile(
         if compositing.provenance:
             values = np.where(index >= 0, index, np.nan).astype(np.float32)[np.newaxis]
             descriptions = ["provenance"]
-    return CompositeTile(
+    return CompositeResult(
         values=values,
         descriptions=descriptions,
         items=items,

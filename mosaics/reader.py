@@ -26,6 +26,7 @@ from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
 from mosaics.errors import InvalidParameter
+from mosaics.grid import Grid
 from mosaics.models import Asset, Item
 from mosaics.recipe import Recipe
 
@@ -103,9 +104,12 @@ class SceneReader(MultiBaseReader):
         physical = to_physical(data, [self.input.assets[k] for k in order])
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
 
-    def read_tile(self, tile_x: int, tile_y: int, tile_z: int, keys: Sequence[str], **kwargs: Any) -> ImageData:
-        """Raw DN of the given asset keys, one band each, masked where there is no data."""
-        return MultiBaseReader.tile(self, tile_x, tile_y, tile_z, assets=list(keys), asset_as_band=True, **kwargs)
+    def read_grid(self, grid: Grid, keys: Sequence[str], **kwargs: Any) -> ImageData:
+        """Raw DN of the given asset keys on `grid`, one band each, masked where there is no data."""
+        return MultiBaseReader.part(
+            self, grid.bounds, dst_crs=grid.crs, bounds_crs=grid.crs, width=grid.width, height=grid.height,
+            max_size=None, assets=list(keys), asset_as_band=True, **kwargs,
+        )
 
     def physical(self, raw: ImageData, keys: Sequence[str]) -> np.ndarray:
         """`float32[len(keys), H, W]` physical values of a `read_tile` result."""

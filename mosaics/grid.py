@@ -1,0 +1,29 @@
+"""Grid: the output raster a read or a composite fills (bounds, CRS and size); a tile is one kind of grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from morecantile import Tile, TileMatrixSet
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_bounds
+
+
+@dataclass(frozen=True)
+class Grid:
+    """`width` × `height` pixels covering `bounds` (left, bottom, right, top) in `crs`."""
+
+    bounds: tuple[float, float, float, float]
+    crs: CRS
+    width: int
+    height: int
+
+    @classmethod
+    def for_tile(cls, tms: TileMatrixSet, tile: Tile, tilesize: int = 256) -> Grid:
+        """The grid of a tile of a tile matrix set."""
+        return cls(tuple(tms.xy_bounds(tile)), tms.rasterio_crs, tilesize, tilesize)
+
+    @property
+    def transform(self) -> Affine:
+        """Pixel → CRS coordinates."""
+        return from_bounds(*self.bounds, self.width, self.height)
