@@ -15,7 +15,8 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.composite import CloudMask, Compositing, Selection, composite
+from mosaics.corrections import Corrector
+from mosaics.composite import CloudMask, Compositing, Selection, composite, explain_point
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Collection, Item
@@ -31,6 +32,7 @@ class CollectionStack:
     collection: Collection
     selection: Selection
     pool: ThreadPoolExecutor
+    corrector: Corrector
     minzoom: int = 0
     max_bytes: int = 512 * 2**20
 
@@ -89,21 +91,23 @@ class CollectionReader(SpatialMixin):
         cloud_mask: str | None = None,
         mask_dilation: int = 0,
         provenance: bool = False,
+        correction: str = "none",
         tilesize: int = 256,
         **read_options: Any,
     ) -> ImageData:
         """A composite tile; `metadata` carries the items used, read and skipped, and stage timings."""
         recipe = Recipe.from_params(assets, expression, index)
         mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
-        compositing = Compositing(method, p, mask, mask_dilation, provenance)
+        compositing = Compositing(method, p, mask, mask_dilation, provenance, correction)
         if tile_z < self.minzoom:
             raise InvalidParameter("z", f"composites of {self.input.collection.id} start at zoom {self.minzoom}")
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside collection {self.input.collection.id}")
         self._check_memory(recipe, compositing, tilesize)
+        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, read_options.pop("buffer", 0) or 0)
         result = composite(
-            self.input.catalog, self.input.collection.id, Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize),
-            recipe, compositing, self.input.selection, self.input.pool, read_options,
+            self.input.catalog, self.input.collection.id, grid,
+            recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
         )
         return ImageData(
             np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),
@@ -117,6 +121,20 @@ class CollectionReader(SpatialMixin):
                 "skipped": result.skipped,
                 "timings": result.timings.spent,
             },
+        )
+
+    def point(
+        self, lon: float, lat: float, assets: list[str] | None = None, expression: str | None = None,
+        index: str | None = None, cloud_mask: str | None = None, correction: str = "none", **_: Any,
+    ) -> dict:
+        """Candidate scenes' values and mask state at a point, and the result and choice of each method."""
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
+        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
+        return explain_point(
+            self.input.catalog, self.input.collection.id, lon, lat, Recipe.from_params(assets, expression, index),
+            Compositing(cloud_mask=mask, correction=correction), self.input.selection, self.input.pool,
+            self.input.corrector,
         )
 
     def _check_memory(self, recipe: Recipe, compositing: Compositing, tilesize: int) -> None:

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rio_tiler.errors import RioTilerError
 
 from algorithms import composite as kernels
 from algorithms import indices, masks
 from mosaics.catalog import Catalog
+from mosaics.corrections import CORRECTIONS, Corrector
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
 from mosaics.grid import Grid
 from mosaics.models import Item
@@ -92,8 +94,11 @@ class Compositing:
     cloud_mask: CloudMask = field(default_factory=CloudMask)
     mask_dilation: int = 0
     provenance: bool = False
+    correction: str = "none"
 
     def __post_init__(self):
+        if self.correction not in CORRECTIONS:
+            raise InvalidParameter("correction", f"'{self.correction}' is not one of {', '.join(CORRECTIONS)}")
         if self.method not in METHODS:
             raise InvalidParameter("method", f"'{self.method}' is not one of {', '.join(METHODS)}")
         if self.method == "percentile" and self.p is None:
@@ -140,23 +145,28 @@ class CompositeResult:
     bounds: tuple[float, float, float, float]
     crs: object
     timings: Timings
+    scenes: list[Observation]  # what was read, for point queries
 
 
 @dataclass
-class _Scene:
+class Observation:
+    """One scene's usable values on the grid."""
+
     item: Item
     bands: np.ndarray  # float32 [K, H, W] physical, NaN = no data
     valid: np.ndarray  # bool [H, W]
-    bounds: tuple[float, float, float, float]
-    crs: object
+    mask: np.ndarray | None  # raw cloud-mask values [H, W]
 
 
-def candidates(catalog: Catalog, collection_id: str, grid: Grid, selection: Selection) -> list[Item]:
-    """Items whose footprint touches the grid, filtered and ordered by `selection`."""
+def candidates(catalog: Catalog, collection_id: str, area: Grid | tuple[float, float], selection: Selection) -> list[Item]:
+    """Items whose footprint touches the grid or point, filtered and ordered by `selection`."""
+    where = (
+        {"bbox": area.bounds, "bbox_crs": area.crs.to_string()} if isinstance(area, Grid)
+        else {"intersects": {"type": "Point", "coordinates": list(area)}}
+    )
     return catalog.search(
         collection_id,
-        bbox=grid.bounds,
-        bbox_crs=grid.crs.to_string(),
+        **where,
         datetime=selection.datetime,
         max_cloud=selection.max_cloud,
         sortby=selection.sortby,
@@ -173,24 +183,40 @@ def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str
     return keys
 
 
-def _read_scene(item: Item, grid: Grid, keys: dict[str, str], compositing: Compositing, read_options: dict) -> _Scene:
+Read = Callable[[SceneReader, list[str], dict], np.ma.MaskedArray]
+
+
+def grid_read(grid: Grid) -> Read:
+    """Read raw DN `[K, H, W]` of asset keys on `grid`."""
+    return lambda reader, keys, options: reader.read_grid(grid, keys, **options).array
+
+
+def point_read(lon: float, lat: float) -> Read:
+    """Read raw DN `[K, 1, 1]` of asset keys at a point (EPSG:4326)."""
+    return lambda reader, keys, options: reader.read_point(lon, lat, keys, **options).array.reshape(-1, 1, 1)
+
+
+def _read_scene(
+    item: Item, read: Read, keys: dict[str, str], compositing: Compositing, corrector: Corrector, read_options: dict
+) -> Observation:
     reader = SceneReader(item)
     order = list(dict.fromkeys(keys.values()))
     mask_key = compositing.cloud_mask.asset_key(item)
     try:
-        raw = reader.read_grid(grid, order, **read_options)
-        bands = reader.physical(raw, order)
+        raw = read(reader, order, read_options)
+        bands = corrector.physical(compositing.correction, item, order, raw)
         valid = np.isfinite(bands).all(axis=0)
+        mask_value = None
         if mask_key is not None:
             mask_options = {k: v for k, v in read_options.items() if k not in ("resampling_method", "reproject_method", "nodata")}
-            mask = reader.read_grid(grid, [mask_key], **mask_options)
-            valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask.array.data[0])) & ~mask.array.mask[0]
+            mask = read(reader, [mask_key], mask_options)
+            mask_value = mask.data[0]
+            valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask_value)) & ~np.ma.getmaskarray(mask)[0]
     except (RasterioError, RioTilerError, OSError) as error:
         raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
     if compositing.mask_dilation:
         valid = masks.dilate_invalid(valid, compositing.mask_dilation)
-    names = list(keys)
-    return _Scene(item, bands[[order.index(keys[n]) for n in names]], valid, tuple(raw.bounds), raw.crs)
+    return Observation(item, bands[[order.index(keys[n]) for n in keys]], valid, mask_value)
 
 
 def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
@@ -216,28 +242,35 @@ def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray,
 def composite(
     catalog: Catalog,
     collection_id: str,
-    grid: Grid,
+    grid: Grid | tuple[float, float],
     recipe: Recipe,
     compositing: Compositing,
     selection: Selection,
     pool: ThreadPoolExecutor,
     read_options: dict | None = None,
+    corrector: Corrector | None = None,
 ) -> CompositeResult:
-    """Composite every selected scene that touches `grid`. Unreadable scenes are skipped and reported."""
+    """Composite every selected scene that touches `grid` (or a (lon, lat) point).
+
+    Unreadable scenes are skipped and reported.
+    """
     timings = Timings()
     read_options = read_options or {}
+    corrector = corrector or Corrector()
+    point = not isinstance(grid, Grid)
+    read_window = point_read(*grid) if point else grid_read(grid)
     with timings.stage("catalog"):
         items = candidates(catalog, collection_id, grid, selection)
     if not items:
         raise NotFound("items", collection_id, "no scene matches the area and filters")
     keys = _keys(recipe, compositing, items[0])
     names = list(keys)
-    scenes: list[_Scene] = []
+    scenes: list[Observation] = []
     skipped: dict[str, str] = {}
 
-    def read(item: Item) -> _Scene | None:
+    def read(item: Item) -> Observation | None:
         try:
-            return _read_scene(item, grid, _keys(recipe, compositing, item), compositing, read_options)
+            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options)
         except SceneReadError as error:
             logger.warning("skipping scene: %s", error)
             skipped[item.id] = str(error)
@@ -283,7 +316,51 @@ def composite(
         read=read_ids,
         skipped=skipped,
         index=index,
-        bounds=scenes[0].bounds,
-        crs=scenes[0].crs,
+        bounds=(grid[0], grid[1], grid[0], grid[1]) if point else grid.bounds,
+        crs=CRS.from_epsg(4326) if point else grid.crs,
         timings=timings,
+        scenes=scenes,
     )
+
+
+def explain_point(
+    catalog: Catalog,
+    collection_id: str,
+    lon: float,
+    lat: float,
+    recipe: Recipe,
+    compositing: Compositing,
+    selection: Selection,
+    pool: ThreadPoolExecutor,
+    corrector: Corrector | None = None,
+) -> dict:
+    """Every candidate scene's values and mask state at a point, and what each method makes of them."""
+    reading = Compositing("median", None, compositing.cloud_mask, 0, False, compositing.correction)
+    result = composite(catalog, collection_id, (lon, lat), recipe, reading, selection, pool, corrector=corrector)
+    names = list(_keys(recipe, reading, result.scenes[0].item))
+    stack = np.stack([o.bands for o in result.scenes])
+    valid = np.stack([o.valid for o in result.scenes])
+    methods: dict[str, dict] = {"count": {"values": [int(valid.sum())]}}
+    for method in METHODS:
+        if method == "count" or (method == "max_ndvi" and not set(indices.INDICES["ndvi"].bands) <= set(names)):
+            continue
+        chosen = Compositing(method, 50.0 if method == "percentile" else None, compositing.cloud_mask)
+        values, index = _kernel(chosen, names)(stack, valid)
+        output = recipe.evaluate({name: values[i] for i, name in enumerate(names)})
+        entry: dict = {"values": [None if np.isnan(v) else float(v) for v in output[:, 0, 0]]}
+        if index is not None:
+            entry["item"] = result.scenes[int(index[0, 0])].item.id if index[0, 0] >= 0 else None
+        methods["percentile_50" if method == "percentile" else method] = entry
+    observed = {o.item.id: o for o in result.scenes}
+    items = []
+    for item in result.items:
+        entry = {"id": item.id, "datetime": item.datetime.isoformat(), "eo:cloud_cover": item.cloud_cover}
+        if (o := observed.get(item.id)) is not None:
+            entry["values"] = [None if np.isnan(v) else float(v) for v in o.bands[:, 0, 0]]
+            entry["usable"] = bool(o.valid[0, 0])
+            entry["mask"] = None if o.mask is None else float(o.mask[0, 0])
+        else:
+            entry["error"] = result.skipped.get(item.id, "not read")
+        items.append(entry)
+    return {"coordinates": [lon, lat], "band_names": names, "output_names": recipe.descriptions,
+            "cloud_mask": compositing.cloud_mask.kind, "items": items, "methods": methods}

@@ -19,9 +19,12 @@ class Grid:
     height: int
 
     @classmethod
-    def for_tile(cls, tms: TileMatrixSet, tile: Tile, tilesize: int = 256) -> Grid:
-        """The grid of a tile of a tile matrix set."""
-        return cls(tuple(tms.xy_bounds(tile)), tms.rasterio_crs, tilesize, tilesize)
+    def for_tile(cls, tms: TileMatrixSet, tile: Tile, tilesize: int = 256, buffer: float = 0) -> Grid:
+        """The grid of a tile of a tile matrix set, grown by `buffer` pixels on each side."""
+        left, bottom, right, top = tms.xy_bounds(tile)
+        pad_x, pad_y = (right - left) / tilesize * buffer, (top - bottom) / tilesize * buffer
+        size = int(tilesize + 2 * buffer)
+        return cls((left - pad_x, bottom - pad_y, right + pad_x, top + pad_y), tms.rasterio_crs, size, size)
 
     @property
     def transform(self) -> Affine:

@@ -111,9 +111,9 @@ class SceneReader(MultiBaseReader):
             max_size=None, assets=list(keys), asset_as_band=True, **kwargs,
         )
 
-    def physical(self, raw: ImageData, keys: Sequence[str]) -> np.ndarray:
-        """`float32[len(keys), H, W]` physical values of a `read_tile` result."""
-        return to_physical(raw.array, [self.input.assets[k] for k in keys])
+    def read_point(self, lon: float, lat: float, keys: Sequence[str], **kwargs: Any) -> PointData:
+        """Raw DN of the given asset keys at a point (EPSG:4326), one value each."""
+        return MultiBaseReader.point(self, lon, lat, assets=list(keys), asset_as_band=True, **kwargs)
 
     def _image(self, method: str, recipe: Recipe, *args: Any, **kwargs: Any) -> ImageData:
         keys = recipe.resolve(self.input)

@@ -84,6 +84,11 @@ def _read_bytes(href: str) -> bytes:
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def read_text(href: str) -> str:
+    """The text of a local file or an s3:// object."""
+    return _read_bytes(href).decode()
+
+
 def _require_exists(href: str, path: str, field: str) -> None:
     try:
         found = exists(href)

@@ -242,3 +242,86 @@ def test_truncated_scene_is_skipped(tmp_path, shared_data):
         assert broken in log
     finally:
         stop_server(server)
+
+
+def test_s2_harmonize_never_applies_the_offset_twice(server):
+    """These L2A items say `earthsearch:boa_offset_applied: true`: harmonising changes nothing."""
+    tile = TILES["inside"]
+    plain, _ = fetch(server, tile, assets="red,nir", method="median")
+    harmonized, _ = fetch(server, tile, assets="red,nir", method="median", correction="s2_harmonize")
+    np.testing.assert_array_equal(plain, harmonized)
+
+
+LANDSAT = "landsat-8-l1"
+LANDSAT_ITEM = "LC80200392015216LGN00"
+
+
+def landsat_tile(lon, lat, z=13):
+    return WM.tile(lon, lat, z)
+
+
+def mtl(shared_data):
+    values = {}
+    for line in (shared_data / LANDSAT / LANDSAT_ITEM / "MTL.txt").read_text().splitlines():
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def test_landsat_toa_matches_the_mtl_formula(server, shared_data):
+    tile = landsat_tile(-87.4, 30.73)
+    response = server.get(f"/collections/{LANDSAT}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy",
+                          params={"assets": "red", "method": "first", "correction": "toa", "cloud_mask": "none"})
+    assert response.status_code == 200, response.text
+    toa = np.load(io.BytesIO(response.content))[0]
+    with Reader(str(shared_data / LANDSAT / LANDSAT_ITEM / "B4.tif")) as src:
+        dn = src.tile(tile.x, tile.y, tile.z, tilesize=256).array.data[0].astype(np.float64)
+    values = mtl(shared_data)
+    expected = (float(values["REFLECTANCE_MULT_BAND_4"]) * dn + float(values["REFLECTANCE_ADD_BAND_4"])) / np.sin(
+        np.radians(float(values["SUN_ELEVATION"])))
+    np.testing.assert_allclose(toa, expected, atol=1e-4)
+
+
+def test_dos_dark_value_is_the_same_for_every_tile(server):
+    offsets = []
+    for lon, lat in ((-87.45, 30.70), (-87.33, 30.78)):
+        tile = landsat_tile(lon, lat)
+        arrays = {}
+        for correction in ("toa", "dos"):
+            response = server.get(f"/collections/{LANDSAT}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy",
+                                  params={"assets": "blue", "method": "first", "correction": correction, "cloud_mask": "none"})
+            assert response.status_code == 200, response.text
+            arrays[correction] = np.load(io.BytesIO(response.content))[0]
+        difference = (arrays["toa"] - arrays["dos"])[np.isfinite(arrays["toa"])]
+        assert difference.std() < 1e-6
+        offsets.append(float(difference.mean()))
+    assert offsets[0] == pytest.approx(offsets[1], abs=1e-6)
+    assert offsets[0] > 0  # haze removed: the scene's dark objects are brighter than 1 %
+
+
+def test_point_lists_every_candidate_and_each_methods_choice(server, shared_data):
+    import rasterio
+    from rasterio.warp import transform as warp_transform
+
+    lon, lat = 15.8, 46.5
+    body = server.get(f"/collections/{C}/point/{lon},{lat}", params={"assets": "red,nir"}).json()
+    docs = order(items(shared_data), "-datetime")
+    assert [i["id"] for i in body["items"]] == [d["id"] for d in docs]
+    usable = []
+    for entry in body["items"]:
+        folder = shared_data / C / entry["id"]
+        sample = {}
+        for name in ("B04", "B08", "SCL"):
+            with rasterio.open(folder / f"{name}.tif") as src:
+                x, y = warp_transform("EPSG:4326", src.crs, [lon], [lat])
+                sample[name] = float(next(src.sample([(x[0], y[0])]))[0])
+        assert entry["values"] == pytest.approx([sample["B04"] * 1e-4, sample["B08"] * 1e-4], rel=1e-6)
+        assert entry["mask"] == sample["SCL"]
+        assert entry["usable"] == (sample["SCL"] not in SCL_INVALID and sample["B04"] > 0)
+        if entry["usable"]:
+            usable.append(entry)
+    assert body["methods"]["count"]["values"] == [len(usable)]
+    assert body["methods"]["first"]["item"] == usable[0]["id"]
+    assert body["methods"]["median"]["values"] == pytest.approx(np.median([u["values"] for u in usable], axis=0), rel=1e-6)
+    greenest = max(usable, key=lambda u: (u["values"][1] - u["values"][0]) / (u["values"][1] + u["values"][0]))
+    assert body["methods"]["max_ndvi"]["item"] == greenest["id"]

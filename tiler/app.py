@@ -10,6 +10,7 @@ from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TMSFactory
 
 from mosaics.catalog import Catalog
+from mosaics.corrections import Corrector
 from tiler import __version__, errors, stac_api, viewer, wmts
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
 from tiler.middleware import PresetMiddleware
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))
     app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")
+    app.state.corrector = Corrector(settings.home / "dark-values")
 
     errors.install(app)
     app.include_router(stac_api.router)

@@ -13,6 +13,7 @@ from algorithms.indices import INDICES
 from mosaics.catalog import Catalog
 from mosaics.collection_reader import CollectionStack
 from mosaics.composite import METHODS, Selection
+from mosaics.corrections import CORRECTIONS
 from mosaics.errors import InvalidParameter
 from mosaics.models import Item
 from tiler.params import parse_datetime
@@ -107,6 +108,7 @@ def CollectionStackParams(
         collection=catalog.collection(collection_id),
         selection=selection,
         pool=request.app.state.pool,
+        corrector=request.app.state.corrector,
         minzoom=settings.composite_minzoom,
         max_bytes=settings.composite_max_bytes,
     )
@@ -128,6 +130,12 @@ class CompositeParams(RecipeParams):
               "`cloud_probability:<percent>`, `qa` (Landsat QA cloud bits) or `none`. Default: the collection's."),
     ] = None
     mask_dilation: Annotated[int, Query(ge=0, le=50, description="Grow masked areas by this many pixels.")] = 0
+    correction: Annotated[
+        Literal[CORRECTIONS],
+        Query(description="Per-scene radiometric correction before compositing: none (catalog scale/offset), "
+              "s2_harmonize (Sentinel-2 baseline ≥ 04.00 offset), toa (Landsat L1 DN → TOA reflectance, MTL), "
+              "dos (DOS1 dark-object subtraction on TOA, dark values once per scene)."),
+    ] = "none"
     provenance: Annotated[
         bool, Query(description="Return the index of the chosen scene per pixel (selecting methods) instead of values.")
     ] = False

@@ -185,6 +185,21 @@ class CompositeTilerFactory(RecipeTilerFactory):
     layer_dependency: Any = CompositeParams
 
     def register_routes(self):
-        """Composite tile and tilejson routes."""
+        """Composite tile, tilejson and point routes."""
         self.tile()
         self.tilejson()
+        self.point()
+
+    def point(self):
+        """Register `/point/{lon},{lat}`: every candidate scene and each method's choice at a point."""
+
+        @self.router.get("/point/{lon},{lat}", operation_id=f"{self.operation_prefix}getCompositePoint")
+        def point(
+            lon: Annotated[float, Path(description="Longitude (EPSG:4326).")],
+            lat: Annotated[float, Path(description="Latitude (EPSG:4326).")],
+            src_path=Depends(self.path_dependency),
+            layer_params=Depends(self.layer_dependency),
+        ):
+            """Values of every candidate scene, its mask state, and the value and chosen scene of every method."""
+            with self.reader(src_path) as src:
+                return src.point(lon, lat, **layer_params.as_dict())

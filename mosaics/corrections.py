@@ -1,0 +1,96 @@
+"""Radiometric corrections per scene: which `algorithms.corrections` kernel applies and with which metadata.
+
+`none` uses the catalog's scale/offset; `s2_harmonize` makes Sentinel-2 products of every processing
+baseline comparable (BOA/RADIO_ADD_OFFSET, never applied twice); `toa` turns Landsat Level-1 DN into
+TOA reflectance with the scene's MTL; `dos` is dark-object subtraction (DOS1) on TOA reflectance, with
+dark values computed once per scene from an overview and stored in `$JEO_HOME/dark-values`.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from diskcache import Cache
+from rio_tiler.io import Reader
+
+from algorithms import corrections as kernels
+from mosaics.errors import InvalidParameter
+from mosaics.models import Asset, Item
+from mosaics.reader import gdal_path, to_physical
+from mosaics.stac import read_text
+
+CORRECTIONS = ("none", "s2_harmonize", "toa", "dos")
+_LANDSAT_BAND = re.compile(r"^B(\d{1,2})$")
+
+
+@lru_cache(maxsize=256)
+def _mtl(href: str, version: str) -> dict[str, float | str]:
+    """The parsed MTL of an item version (cached per process)."""
+    return kernels.parse_mtl(read_text(href))
+
+
+def _landsat_band(asset: Asset) -> int:
+    for name in asset.names:
+        if match := _LANDSAT_BAND.match(name):
+            return int(match[1])
+    raise InvalidParameter("correction", f"asset '{asset.key}' is not a numbered Landsat band")
+
+
+def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
+    if "mtl" not in item.assets:
+        raise InvalidParameter("correction", f"toa needs an MTL asset; item '{item.id}' has none")
+    mtl = _mtl(item.assets["mtl"].href, item.version)
+    bands = [_landsat_band(item.assets[k]) for k in keys]
+    mult = [float(mtl[f"REFLECTANCE_MULT_BAND_{b}"]) for b in bands]
+    add = [float(mtl[f"REFLECTANCE_ADD_BAND_{b}"]) for b in bands]
+    return kernels.landsat_toa_reflectance(dn, mult, add, float(mtl["SUN_ELEVATION"]), nodata=None)
+
+
+class Corrector:
+    """Applies one correction to raw DN windows; keeps DOS dark values in a shared on-disk store."""
+
+    def __init__(self, store: Path | None = None):
+        self._dark = Cache(str(store), size_limit=64 * 2**20) if store else None
+
+    def physical(self, correction: str, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
+        """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
+        if correction == "none":
+            return to_physical(raw, [item.assets[k] for k in keys])
+        if correction == "s2_harmonize":
+            if not item.processing_baseline:
+                raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
+            applied = bool(item.properties.get("earthsearch:boa_offset_applied", False))
+            out = kernels.s2_reflectance(raw.data, item.processing_baseline, offset_applied=applied, nodata=None)
+        elif correction in ("toa", "dos"):
+            out = self._toa_like(item, keys, raw.data)
+            if correction == "dos":
+                out = kernels.dos1(out, [self.dark_value(item, k) for k in keys])
+        else:
+            raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
+        out[np.ma.getmaskarray(raw)] = np.nan
+        return out
+
+    @staticmethod
+    def _toa_like(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
+        """TOA reflectance: Landsat via the MTL, otherwise (L1C) the catalog's scale/offset."""
+        if "mtl" in item.assets:
+            return _toa(item, keys, dn)
+        if (item.properties.get("processing:level") or "").upper() == "L1C":
+            return to_physical(np.ma.MaskedArray(dn), [item.assets[k] for k in keys])
+        raise InvalidParameter("correction", f"item '{item.id}' is not a Level-1 (TOA) product")
+
+    def dark_value(self, item: Item, key: str) -> float:
+        """The scene's DOS1 dark value for one band, from a ≤ 512 px overview, computed once and stored."""
+        if self._dark is None:
+            raise InvalidParameter("correction", "dos needs a dark-value store (none configured)")
+        cache_key = (item.collection, item.id, item.version, key)
+        if (value := self._dark.get(cache_key)) is None:
+            with Reader(gdal_path(item.assets[key].href)) as src:
+                overview = src.preview(max_size=512)
+            toa = self._toa_like(item, [key], overview.array.data)
+            value = float(kernels.dark_object_values(toa, ~overview.array.mask[0])[0])
+            self._dark.set(cache_key, value)
+        return value
