@@ -151,3 +151,16 @@ def test_tilejson_info_preview(server):
     assert server.get(f"{base}/info", params={"assets": "red"}).json()["red"]["dtype"] == "uint16"
     preview = server.get(f"{base}/preview.png", params={"preset": "truecolor"})
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+
+
+def test_stac_api_links_resolve(server):
+    collections = server.get("/collections").json()["collections"]
+    assert {c["id"] for c in collections} >= {COLLECTION, "landsat-8-l1"}
+    collection = server.get(f"/collections/{COLLECTION}").json()
+    for link in collection["links"]:
+        assert server.get(link["href"].replace(server.url, ""), params={"assets": "red"}).status_code == 200, link
+    found = server.get(f"/collections/{COLLECTION}/items", params={"bbox": "15.0,46.6,15.1,46.7"}).json()
+    assert {f["id"] for f in found["features"]} == {"S2B_33TWM_20230813_0_L2A", "S2A_33TWM_20230818_0_L2A"}
+    item = server.get(f"/collections/{COLLECTION}/items/{ITEM}").json()
+    assert item["properties"]["eo:cloud_cover"] == 1.05
+    assert item["assets"]["red"]["href"].endswith("B04.tif")

@@ -27,7 +27,7 @@ def collection_json(request: Request, collection: Collection) -> dict[str, Any]:
         {"rel": "self", "href": base, "type": "application/json"},
         {"rel": "root", "href": _base(request), "type": "application/json"},
         {"rel": "items", "href": f"{base}/items", "type": "application/geo+json"},
-        {"rel": "tiles", "href": f"{base}/tiles/WebMercatorQuad/tilejson.json", "type": "application/json"},
+        {"rel": "tilejson", "href": f"{base}/WebMercatorQuad/tilejson.json", "type": "application/json"},
     ]
     return body
 
