@@ -16,7 +16,7 @@ from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
 from mosaics.corrections import Corrector
-from mosaics.composite import CloudMask, Compositing, Selection, composite, explain_point
+from mosaics.composite import CloudMask, Compositing, Selection, candidates, composite, explain_point
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Collection, Item
@@ -77,6 +77,12 @@ class CollectionReader(SpatialMixin):
 
     def __exit__(self, *args):
         pass
+
+    def cache_token(self, tile_x: int, tile_y: int, tile_z: int) -> dict[str, str]:
+        """What a cached tile depends on in the catalog: the versions of the scenes selected for it."""
+        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z))
+        found = candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
+        return {item.id: item.version for item in found}
 
     def tile(
         self,

@@ -18,13 +18,14 @@ from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import TileOutsideBounds
-from rio_tiler.io import MultiBaseReader, Reader
+from rio_tiler.io import MultiBaseReader
 from rio_tiler.models import ImageData, PointData
 from rio_tiler.types import AssetInfo
 from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
+from mosaics.datasets import PooledReader
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Asset, Item
@@ -66,7 +67,7 @@ class SceneReader(MultiBaseReader):
 
     def __attrs_post_init__(self):
         item = self.input
-        self.reader = Reader
+        self.reader = PooledReader
         self.assets = [key for key, asset in item.assets.items() if asset.is_raster]
         grid = _native_grid(item)
         if grid is not None:
@@ -103,6 +104,10 @@ class SceneReader(MultiBaseReader):
         order = list(dict.fromkeys(keys.values()))
         physical = to_physical(data, [self.input.assets[k] for k in order])
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
+
+    def cache_token(self, tile_x: int, tile_y: int, tile_z: int) -> dict[str, str]:
+        """What a cached tile depends on in the catalog: this item's version."""
+        return {self.input.id: self.input.version}
 
     def read_grid(self, grid: Grid, keys: Sequence[str], **kwargs: Any) -> ImageData:
         """Raw DN of the given asset keys on `grid`, one band each, masked where there is no data."""

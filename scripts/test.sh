@@ -36,6 +36,11 @@ else
   bash scripts/slurm-start.sh --probe   # a job really ran: the scheduler is up
 fi
 
+# Compile the numba kernels once into their on-disk cache, so that every server the tests start
+# (several, some with two workers) loads them instead of compiling them again.
+echo "[test] warming the numba kernel cache"
+.venv/bin/python -c "import algorithms; algorithms.warmup()"
+
 echo "[test] .venv/bin/python -m pytest tests $*"
 rc=0
 .venv/bin/python -m pytest tests "$@" || rc=$?

@@ -53,7 +53,7 @@ def start_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = N
         env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )
     server = Server(f"http://127.0.0.1:{port}", home, process)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited: {(home / f'server-{port}.log').read_text()[-3000:]}")
@@ -63,7 +63,7 @@ def start_server(home: Path, *, workers: int = 1, env: dict[str, str] | None = N
         except httpx.HTTPError:
             time.sleep(0.2)
     stop_server(server)
-    pytest.fail("server did not start in 120 s")
+    pytest.fail("server did not start in 300 s")
 
 
 def stop_server(server: Server) -> None:

@@ -164,3 +164,9 @@ def test_stac_api_links_resolve(server):
     item = server.get(f"/collections/{COLLECTION}/items/{ITEM}").json()
     assert item["properties"]["eo:cloud_cover"] == 1.05
     assert item["assets"]["red"]["href"].endswith("B04.tif")
+
+
+def test_landing_page_links_resolve(server):
+    landing = server.get("/").json()
+    for link in landing["links"]:
+        assert server.get(link["href"].replace(server.url, "") or "/").status_code == 200, link

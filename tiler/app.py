@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
+import numpy as np
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TMSFactory
 
+import algorithms
 from mosaics.catalog import Catalog
 from mosaics.corrections import Corrector
 from tiler import __version__, errors, stac_api, viewer, wmts
+from tiler.exports import api as exports_api
+from tiler.exports.service import ExportService
+from tiler.cache import NoCache, TileCache
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
 from tiler.middleware import PresetMiddleware
 from tiler.presets import PresetRegistry
@@ -31,11 +37,22 @@ def catalog_epsg_codes(catalog: Catalog) -> set[int]:
     return codes
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Warm the numba kernels, start the export service (reconciles exports left by an earlier run);
+    stop it on shutdown."""
+    algorithms.warmup(stack_dtypes=(np.float32,))
+    app.state.exports.start()
+    yield
+    app.state.exports.stop()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (default: from the environment)."""
     settings = settings or get_settings()
     catalog = Catalog(settings.database_path)
     app = FastAPI(
+        lifespan=lifespan,
         title="jeo-tiler",
         version=__version__,
         description="Dynamic tiles, band math, spectral indices and cloud-free composites of "
@@ -46,9 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))
     app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")
+    app.state.exports = ExportService(settings, catalog, app.state.presets)
     app.state.corrector = Corrector(settings.home / "dark-values")
+    app.state.tile_cache = (
+        TileCache(settings.cache_path, settings.cache_size_mb * 2**20) if settings.cache_size_mb else NoCache()
+    )
 
     errors.install(app)
+
     app.include_router(stac_api.router)
     items = ItemTilerFactory(router_prefix=ITEM_PREFIX, supported_tms=app.state.tms)
     app.include_router(items.router, prefix=ITEM_PREFIX, tags=["Item tiles"])
@@ -57,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(TMSFactory(supported_tms=app.state.tms).router, tags=["Tile matrix sets"])
     app.include_router(wmts.router, tags=["OGC WMTS"])
     app.include_router(viewer.router, tags=["Viewer"])
+    app.include_router(exports_api.router)
     for name, folder in (("leaflet", "leaflet/dist"), ("ol", "ol")):
         if (settings.static_dir / folder).is_dir():
             app.mount(f"/static/{name}", StaticFiles(directory=settings.static_dir / folder), name=name)
@@ -68,6 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(PresetMiddleware)
     app.add_middleware(
-        CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET"], allow_headers=["*"]
+        CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]
     )
     return app

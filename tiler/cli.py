@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from tiler.serve import serve as serve_app
 from tiler.settings import REPO_ROOT, get_settings
 
 SAMPLE_CATALOG = Path(__file__).with_name("sample") / "catalog.json"
@@ -50,20 +50,13 @@ def collections():
         click.echo(f"{collection.id}\t{len(catalog.search(collection.id))} items\t{collection.title or ''}")
 
 
-def _serve(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    uvicorn.run("tiler.main:app", host=host, port=port, workers=workers, log_level="info")
-
-
 @main.command()
 @click.option("--host", default=lambda: get_settings().host, show_default="127.0.0.1", help="Bind address.")
 @click.option("--port", default=lambda: get_settings().port, type=int, show_default="8000", help="Port.")
 @click.option("--workers", default=lambda: get_settings().workers, type=int, show_default="1", help="Processes.")
 def serve(host: str, port: int, workers: int):
     """Serve the tile API (loopback by default)."""
-    _serve(host, port, workers)
+    serve_app(host, port, workers)
 
 
 @main.command()
@@ -77,6 +70,10 @@ def demo(data: str | None, host: str, port: int):
     report = _catalog().ingest(source)
     click.echo(f"ingested {source}: {', '.join(report.collections)}")
     click.echo(f"viewer: http://{host}:{port}/viewer   WMTS: http://{host}:{port}/wmts?SERVICE=WMTS&REQUEST=GetCapabilities")
-    _serve(host, port, 1)
+    serve_app(host, port, 1)
+from tiler.exports.cli import register as _register_exports  # noqa: E402 - export, export-status, workers
+
+_register_exports(main)
+
 if __name__ == "__main__":
     main()

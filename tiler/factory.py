@@ -23,6 +23,7 @@ from titiler.core.resources.enums import ImageType
 
 from mosaics.collection_reader import CollectionReader
 from mosaics.reader import SceneReader
+from tiler.cache import CachedTile, cache_key
 from tiler.dependencies import (
     CollectionStackParams,
     CompositeParams,
@@ -69,6 +70,7 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
         """Register the tile routes, with the `@{scale}x` suffix."""
 
         def tile(
+            request: Request,
             z: Annotated[int, Path(description="Zoom level (TileMatrix identifier) in the TileMatrixSet.")],
             x: Annotated[int, Path(description="Column (TileCol) of the tile in the TileMatrix.")],
             y: Annotated[int, Path(description="Row (TileRow) of the tile in the TileMatrix.")],
@@ -89,25 +91,43 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             render_params=Depends(self.render_dependency),
             env=Depends(self.environment_dependency),
         ):
-            """A map tile computed on request."""
+            """A map tile computed on request, or from the shared tile cache."""
             tms = self.supported_tms.get(tileMatrixSetId)
             check_tile(tms, z, x, y)
-            start = time.perf_counter()
+            started = time.perf_counter()
+            size = tilesize or 256 * scale
             with rasterio.Env(**env), self.reader(src_path, tms=tms) as src:
-                image = src.tile(
-                    x, y, z,
-                    tilesize=tilesize or 256 * scale,
-                    **tile_params.as_dict(),
-                    **layer_params.as_dict(),
-                    **dataset_params.as_dict(),
-                )
-            rendered = time.perf_counter()
-            content, media_type = self.render_func(
-                image, output_format=format, colormap=colormap, **render_params.as_dict()
-            )
-            timings = dict((image.metadata or {}).get("timings") or {"read": (rendered - start) * 1000})
-            timings["render"] = (time.perf_counter() - rendered) * 1000
-            return Response(content, media_type=media_type, headers=tile_headers(image, timings))
+                key = cache_key({
+                    "path": request.url.path, "size": size, "source": getattr(src_path, "selection", None),
+                    "catalog": src.cache_token(x, y, z), "tile": tile_params.as_dict(), "layer": layer_params.as_dict(),
+                    "dataset": dataset_params.as_dict(), "render": render_params.as_dict(), "colormap": colormap,
+                })
+                etag = f'"{key[:40]}"'
+                headers = {"ETag": etag, "Cache-Control": self.cache_control(request, src_path)}
+                if etag in request.headers.get("if-none-match", ""):
+                    return Response(status_code=304, headers=headers)
+
+                def compute() -> CachedTile:
+                    start = time.perf_counter()
+                    image = src.tile(
+                        x, y, z, tilesize=size,
+                        **tile_params.as_dict(), **layer_params.as_dict(), **dataset_params.as_dict(),
+                    )
+                    rendered = time.perf_counter()
+                    content, media_type = self.render_func(
+                        image, output_format=format, colormap=colormap, **render_params.as_dict()
+                    )
+                    timings = {"cache": (start - started) * 1000}
+                    timings.update((image.metadata or {}).get("timings") or {"read": (rendered - start) * 1000})
+                    timings["render"] = (time.perf_counter() - rendered) * 1000
+                    return CachedTile(content, media_type, tile_headers(image, timings))
+
+                cached, hit = request.app.state.tile_cache.get_or_compute(key, compute)
+            headers.update(cached.headers)
+            headers["X-Cache"] = "hit" if hit else "miss"
+            if hit:
+                headers["Server-Timing"] = f"cache;dur={(time.perf_counter() - started) * 1000:.1f}"
+            return Response(cached.content, media_type=cached.media_type, headers=headers)
 
         for path in TILE_PATHS:
             self.router.add_api_route(
@@ -115,6 +135,10 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
                 operation_id=f"{self.operation_prefix}getTile{'Scale' if '@' in path else ''}"
                 f"{'WithFormat' if '.{format}' in path else ''}",
             )
+
+    def cache_control(self, request: Request, source: Any) -> str:
+        """The Cache-Control header of this endpoint's tiles."""
+        return request.app.state.settings.cache_control_item
 
     def tilejson(self):
         """Register `/{tileMatrixSetId}/tilejson.json`."""
@@ -183,6 +207,13 @@ class CompositeTilerFactory(RecipeTilerFactory):
     reader: type[CollectionReader] = CollectionReader
     path_dependency: Any = CollectionStackParams
     layer_dependency: Any = CompositeParams
+
+    def cache_control(self, request: Request, source: Any) -> str:
+        """Long for a closed datetime interval, short for open or default ranges ("latest")."""
+        interval = source.selection.datetime
+        settings = request.app.state.settings
+        closed = interval is not None and None not in interval
+        return settings.cache_control_fixed if closed else settings.cache_control_latest
 
     def register_routes(self):
         """Composite tile, tilejson and point routes."""

@@ -32,12 +32,69 @@ class Settings(BaseSettings):
     composite_max_bytes: int = Field(
         512 * 2**20, description="Memory limit per composite request: items × bands × tile pixels × 4 bytes."
     )
+    cache_dir: Path | None = Field(None, description="Tile cache directory; default `$JEO_HOME/tile-cache`.")
+    cache_size_mb: int = Field(1024, description="Tile cache size limit in MiB (0 disables the cache).")
+    cache_control_item: str = Field(
+        "public, max-age=86400", description="Cache-Control of single-item tiles (immutable per item version)."
+    )
+    cache_control_fixed: str = Field(
+        "public, max-age=86400", description="Cache-Control of composite tiles with a closed datetime interval."
+    )
+    cache_control_latest: str = Field(
+        "public, max-age=300", description="Cache-Control of composite tiles over open or default date ranges."
+    )
     read_threads: int = Field(8, description="Threads per process reading scene windows (GDAL releases the GIL).")
+
+    # --- exports (tiler/exports) ---
+    export_root: Path | None = Field(None, description="Export results named by a plain `destination`; default `$JEO_HOME/exports`.")
+    export_work_dir: Path | None = Field(
+        None, description="Per-export chunks, logs and batch scripts (shared with SLURM nodes); default `$JEO_HOME/exports-work`."
+    )
+    export_executor: str = Field("local", description="Default export executor: `local` or `slurm`.")
+    export_executors: str = Field("local,slurm", description="Comma-separated executors a request may choose.")
+    export_local_workers: int = Field(2, description="Worker processes of the `local` export executor.")
+    export_chunk_size: int = Field(2048, description="Chunk width and height in output pixels (a multiple of 256).")
+    export_max_chunk_size: int = Field(8192, description="Largest `chunk_size` a request may ask for.")
+    export_chunk_max_bytes: int = Field(
+        4 * 2**30, description="Memory limit per chunk: items × (bands + 1) × chunk pixels × 4 bytes."
+    )
+    export_max_pixels: int = Field(1_600_000_000, description="Largest export in output pixels (width × height).")
+    export_max_area_km2: float = Field(1_000_000.0, description="Largest export area in km².")
+    export_strict: bool = Field(True, description="A scene that cannot be read fails the export (else it is skipped).")
+    export_resume_local: bool = Field(True, description="Resume `local` exports interrupted by a restart (else fail them).")
+    export_poll_interval: float = Field(2.0, description="Seconds between export status reconciliations.")
+    export_slurm_partition: str | None = Field(None, description="sbatch --partition for export jobs.")
+    export_slurm_account: str | None = Field(None, description="sbatch --account for export jobs.")
+    export_slurm_time: str | None = Field(None, description="sbatch --time per chunk job (e.g. 01:00:00).")
+    export_slurm_merge_time: str | None = Field(None, description="sbatch --time of the merge job.")
+    export_slurm_mem: str | None = Field(None, description="sbatch --mem per chunk job (e.g. 8G).")
+    export_slurm_merge_mem: str | None = Field(None, description="sbatch --mem of the merge job.")
+    export_slurm_cpus_per_task: int = Field(1, description="sbatch --cpus-per-task per chunk job.")
+    export_slurm_max_parallel: int = Field(4, description="Array throttle: at most this many chunk jobs at once (`%N`).")
+    export_slurm_extra: str = Field("", description="Extra sbatch options, shell-quoted (e.g. `--qos=low --nice=10`).")
+    export_s3_endpoint_url: str | None = Field(None, description="S3 endpoint for `s3://` destinations (default: boto3's).")
+    export_s3_region: str | None = Field(None, description="S3 region for `s3://` destinations (default: boto3's).")
+    export_s3_presign_seconds: int = Field(3600, description="Lifetime of presigned result URLs.")
+
+    @property
+    def cache_path(self) -> Path:
+        """Where the tile cache lives."""
+        return self.cache_dir or self.home / "tile-cache"
 
     @property
     def database_path(self) -> Path:
         """Where the catalog lives."""
         return self.database or self.home / "catalog.db"
+
+    @property
+    def export_root_path(self) -> Path:
+        """Where exports with a plain destination name are written."""
+        return self.export_root or self.home / "exports"
+
+    @property
+    def export_work_path(self) -> Path:
+        """Where export chunks, logs and batch scripts live."""
+        return self.export_work_dir or self.home / "exports-work"
 
 
 @lru_cache

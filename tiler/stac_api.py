@@ -46,6 +46,27 @@ def item_json(request: Request, item: Item) -> dict[str, Any]:
     return body
 
 
+@router.get("/", summary="Landing page.")
+def landing(request: Request):
+    """A STAC/OGC API landing page linking to the service's resources."""
+    base = _base(request)
+    links = [
+        ("self", "", "application/json"), ("root", "", "application/json"),
+        ("data", "/collections", "application/json"), ("tiling-schemes", "/tileMatrixSets", "application/json"),
+        ("service-desc", "/openapi.json", "application/vnd.oai.openapi+json;version=3.0"),
+        ("service-doc", "/docs", "text/html"), ("wmts", "/wmts/1.0.0/WMTSCapabilities.xml", "application/xml"),
+        ("viewer", "/viewer", "text/html"), ("exports", "/exports", "application/json"),
+    ]
+    return {
+        "type": "Catalog",
+        "stac_version": "1.0.0",
+        "id": "jeo-tiler",
+        "title": "jeo-tiler",
+        "description": "Dynamic tiles, composites and exports of Earth-observation scenes.",
+        "links": [{"rel": rel, "href": base + path, "type": kind} for rel, path, kind in links],
+    }
+
+
 @router.get("/collections", summary="List the registered collections.")
 def collections(request: Request, catalog: Annotated[Catalog, Depends(get_catalog)]):
     """All collections, STAC-shaped."""

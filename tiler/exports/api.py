@@ -1,0 +1,195 @@
+"""`/exports`: submit, list, inspect, cancel exports; fetch results and their STAC Items."""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+import rasterio.warp
+from fastapi import APIRouter, Path, Query
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse
+
+from tiler.exports.merge import presign
+from tiler.exports.models import ExportRecord, ExportRequest
+from tiler.exports.service import ExecutorUnavailable, ExportService
+
+router = APIRouter(prefix="/exports", tags=["Exports"])
+ExportId = Annotated[str, Path(description="Export id (from POST /exports).")]
+
+
+def _service(request: Request) -> ExportService:
+    service: ExportService = request.app.state.exports
+    service.start()
+    return service
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def record_json(request: Request, record: ExportRecord, chunks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An export as the API shows it."""
+    base = f"{_base(request)}/exports/{record.id}"
+    plan = record.plan
+    links = [
+        {"rel": "self", "href": base, "type": "application/json"},
+        {"rel": "collection", "href": f"{_base(request)}/collections/{record.collection}", "type": "application/json"},
+    ]
+    if record.status == "finished":
+        links += [
+            {"rel": "result", "href": f"{base}/result", "type": plan.media_type},
+            {"rel": "item", "href": f"{base}/item", "type": "application/geo+json"},
+        ]
+    total = record.chunks_total or 1
+    done = total if record.status == "finished" else record.chunks_done
+    return {
+        "id": record.id,
+        "status": record.status,
+        "collection": record.collection,
+        "executor": record.executor,
+        "jobs": record.jobs,
+        "created": record.created,
+        "started": record.started,
+        "finished": record.finished,
+        "progress": {"chunks_done": done, "chunks_total": record.chunks_total, "fraction": round(done / total, 4)},
+        "estimate": plan.estimate,
+        "format": plan.format,
+        "destination": plan.result_href,
+        "result": record.result,
+        "error": record.error,
+        "log_tail": record.log_tail,
+        "request": record.request,
+        **({"chunks": chunks} if chunks is not None else {}),
+        "links": links,
+    }
+
+
+def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
+    """A STAC Item describing a finished export's result."""
+    plan = record.plan
+    crs = plan.rasterio_crs
+    left, bottom, right, top = plan.grid.bounds
+    west, south, east, north = rasterio.warp.transform_bounds(crs, "EPSG:4326", left, bottom, right, top, densify_pts=21)
+    base = f"{_base(request)}/exports/{record.id}"
+    interval = plan.selection["datetime"] or plan.items_interval
+    start, end = interval[0] or plan.items_interval[0], interval[1] or plan.items_interval[1]
+    properties: dict[str, Any] = {
+        "datetime": None,
+        "start_datetime": start,
+        "end_datetime": end,
+        "created": record.finished,
+        "proj:shape": [plan.height, plan.width],
+        "proj:transform": plan.transform,
+        "proj:bbox": [left, bottom, right, top],
+        "jeo:collection": plan.collection,
+        "jeo:recipe": {k: v for k, v in plan.recipe.items() if v},
+        "jeo:compositing": plan.compositing,
+        "jeo:selection": plan.selection,
+        "jeo:preset": plan.preset,
+    }
+    if crs.to_epsg() is not None:
+        properties["proj:epsg"] = crs.to_epsg()
+    else:
+        properties["proj:wkt2"] = crs.to_wkt()
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+        ],
+        "id": f"export-{record.id}",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+        },
+        "bbox": [west, south, east, north],
+        "properties": properties,
+        "assets": {
+            "data": {
+                "href": f"{base}/result",
+                "type": plan.media_type,
+                "title": f"{plan.collection} {plan.compositing['method']} composite",
+                "roles": ["data"],
+                "jeo:location": record.result,
+                "raster:bands": [
+                    {"name": d, "data_type": "float32", "nodata": "nan"} for d in plan.descriptions
+                ],
+            }
+        },
+        "links": [
+            {"rel": "self", "href": f"{base}/item", "type": "application/geo+json"},
+            {"rel": "derived_from", "href": f"{_base(request)}/collections/{plan.collection}", "type": "application/json"},
+            {"rel": "related", "href": base, "type": "application/json", "title": "export record"},
+        ],
+    }
+
+
+@router.post("", status_code=202, summary="Submit an export.")
+def create_export(request: Request, body: ExportRequest):
+    """Validate and submit an export; answers 202 with its id, status, links and an estimate."""
+    try:
+        record = _service(request).submit(body)
+    except ExecutorUnavailable as error:
+        return JSONResponse({"detail": str(error)}, status_code=503)
+    content = record_json(request, record)
+    return JSONResponse(content, status_code=202, headers={"Location": content["links"][0]["href"]})
+
+
+@router.get("", summary="List exports, newest first.")
+def list_exports(
+    request: Request,
+    status: Annotated[str | None, Query(description="Only exports in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+):
+    records = _service(request).list(status, limit)
+    return {"exports": [record_json(request, r) for r in records], "numberReturned": len(records)}
+
+
+@router.get("/{export_id}", summary="One export: status, progress, times, jobs, errors.")
+def get_export(request: Request, export_id: ExportId):
+    """With per-chunk status, job id (SLURM job or local pid) and seconds."""
+    service = _service(request)
+    record = service.get(export_id)
+    chunks = [
+        {k: row[k] for k in ("chunk", "status", "job", "started", "finished", "seconds")}
+        for row in service.store.chunk_rows(export_id) if row["chunk"] >= 0
+    ]
+    return record_json(request, record, chunks)
+
+
+@router.delete("/{export_id}", summary="Cancel an export (idempotent).")
+def cancel_export(request: Request, export_id: ExportId):
+    return record_json(request, _service(request).cancel(export_id))
+
+
+def _finished(request: Request, export_id: str) -> ExportRecord | JSONResponse:
+    record = _service(request).get(export_id)
+    if record.status != "finished":
+        detail = f"export '{export_id}' is {record.status}" + (f": {record.error}" if record.error else "")
+        return JSONResponse({"detail": detail}, status_code=409)
+    return record
+
+
+@router.get("/{export_id}/result", summary="The result file (or a redirect to a presigned S3 URL).")
+def export_result(request: Request, export_id: ExportId):
+    record = _finished(request, export_id)
+    if isinstance(record, JSONResponse):
+        return record
+    plan = record.plan
+    if plan.destination["kind"] == "s3":
+        url = presign(plan.destination, request.app.state.settings.export_s3_presign_seconds)
+        return RedirectResponse(url, status_code=307)
+    path = FilePath(plan.destination["path"])
+    if not path.exists():
+        return JSONResponse({"detail": f"export '{export_id}': result file is gone"}, status_code=410)
+    return FileResponse(path, media_type=plan.media_type, filename=path.name)
+
+
+@router.get("/{export_id}/item", summary="A STAC Item describing the result.")
+def export_item(request: Request, export_id: ExportId):
+    record = _finished(request, export_id)
+    if isinstance(record, JSONResponse):
+        return record
+    return JSONResponse(stac_item(request, record), media_type="application/geo+json")

@@ -1,0 +1,223 @@
+"""The final step: assemble the chunks into one COG (rio-cogeo) or tiled GeoTIFF and deliver it.
+
+Run as `jeo export-merge --export ID`. The chunks are mosaicked through a VRT (they tile the output
+grid exactly), translated to `<work>/merge/result.tif`, checked with `cog_validate`, then moved into
+the export root or uploaded to S3 with boto3. The export becomes `finished` only after delivery; if it
+was canceled meanwhile, the delivered file is removed again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import rasterio
+import rasterio.shutil
+from rio_cogeo.cogeo import cog_translate, cog_validate
+from rio_cogeo.profiles import cog_profiles
+
+from mosaics.errors import InvalidParameter
+from tiler.exports.models import ExportPlan
+from tiler.exports.store import ExportStore
+from tiler.exports.worker import chunk_path, chunks_dir, merge_log, tail, terminate_as_exit
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+
+def s3_client(destination: dict[str, Any]):
+    """A boto3 S3 client for a destination: endpoint and region from the plan, credentials from boto3's chain."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = destination.get("endpoint_url") or None
+    config = Config(
+        s3={"addressing_style": "path"} if endpoint else {},
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=120,
+        signature_version="s3v4",
+    )
+    return boto3.client("s3", endpoint_url=endpoint, region_name=destination.get("region") or None, config=config)
+
+
+def check_bucket(destination: dict[str, Any]) -> None:
+    """InvalidParameter('destination') unless the bucket exists and is reachable with our credentials."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        s3_client(destination).head_bucket(Bucket=destination["bucket"])
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        reason = {"404": "does not exist", "NoSuchBucket": "does not exist", "403": "access denied"}.get(code, str(error))
+        raise InvalidParameter("destination", f"bucket '{destination['bucket']}' {reason}") from None
+    except (BotoCoreError, ValueError) as error:
+        raise InvalidParameter("destination", f"bucket '{destination['bucket']}' is not reachable: {error}") from None
+
+
+def presign(destination: dict[str, Any], seconds: int) -> str:
+    """A presigned GET URL of the delivered object."""
+    return s3_client(destination).generate_presigned_url(
+        "get_object", Params={"Bucket": destination["bucket"], "Key": destination["key"]}, ExpiresIn=seconds
+    )
+
+
+def delete_result(plan: ExportPlan) -> None:
+    """Remove a delivered result (after a cancel that raced the merge)."""
+    destination = plan.destination
+    if destination["kind"] == "local":
+        Path(destination["path"]).unlink(missing_ok=True)
+    else:
+        s3_client(destination).delete_object(Bucket=destination["bucket"], Key=destination["key"])
+
+
+# --- assembling -----------------------------------------------------------------------------------
+
+
+def merge_dir(plan: ExportPlan) -> Path:
+    return Path(plan.work_dir) / "merge"
+
+
+def write_vrt(plan: ExportPlan, path: Path) -> Path:
+    """A VRT mosaicking the chunk files onto the output grid."""
+    crs = plan.rasterio_crs
+    t = plan.affine
+    geotransform = ", ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
+    bands = []
+    for band, description in enumerate(plan.descriptions, 1):
+        sources = []
+        for chunk, window in enumerate(plan.windows):
+            sources.append(
+                f"""    <SimpleSource>
+      <SourceFilename relativeToVRT="0">{escape(str(chunk_path(plan, chunk)))}</SourceFilename>
+      <SourceBand>{band}</SourceBand>
+      <SourceProperties RasterXSize="{window.width}" RasterYSize="{window.height}" DataType="Float32" BlockXSize="256" BlockYSize="256"/>
+      <SrcRect xOff="0" yOff="0" xSize="{window.width}" ySize="{window.height}"/>
+      <DstRect xOff="{window.col_off}" yOff="{window.row_off}" xSize="{window.width}" ySize="{window.height}"/>
+    </SimpleSource>"""
+            )
+        bands.append(
+            f"""  <VRTRasterBand dataType="Float32" band="{band}">
+    <Description>{escape(description)}</Description>
+    <NoDataValue>nan</NoDataValue>
+{chr(10).join(sources)}
+  </VRTRasterBand>"""
+        )
+    xml = f"""<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">
+  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>
+  <GeoTransform>{geotransform}</GeoTransform>
+{chr(10).join(bands)}
+</VRTDataset>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(xml)
+    return path
+
+
+def assemble(plan: ExportPlan, output: Path) -> Path:
+    """Write the whole output (COG or tiled GeoTIFF) from the chunk files."""
+    missing = [i for i in range(plan.chunks_total) if not chunk_path(plan, i).exists()]
+    if missing:
+        raise RuntimeError(f"chunk file(s) missing: {missing[:20]}")
+    vrt = write_vrt(plan, output.with_suffix(".vrt"))
+    threads = os.environ.get("SLURM_CPUS_PER_TASK") or "ALL_CPUS"
+    tags = {"JEO_EXPORT_ID": plan.id, "JEO_COLLECTION": plan.collection, "JEO_METHOD": plan.compositing["method"]}
+    if plan.format == "cog":
+        profile = cog_profiles.get("deflate")
+        profile.update(predictor=3, bigtiff="IF_SAFER", blockxsize=512, blockysize=512)
+        cog_translate(
+            str(vrt), str(output), profile, nodata=float("nan"), overview_resampling="average",
+            in_memory=False, quiet=True, additional_cog_metadata=tags,
+            config={"GDAL_NUM_THREADS": threads, "GDAL_TIFF_OVR_BLOCKSIZE": 512},
+        )  # fmt: skip
+        valid, errors, _ = cog_validate(str(output), quiet=True)
+        if not valid:
+            raise RuntimeError(f"the merged file is not a valid COG: {errors}")
+    else:
+        with rasterio.Env(GDAL_NUM_THREADS=threads):
+            rasterio.shutil.copy(
+                str(vrt), str(output), driver="GTiff", tiled=True, blockxsize=512, blockysize=512,
+                compress="deflate", predictor=3, bigtiff="IF_SAFER", num_threads=threads,
+            )  # fmt: skip
+        with rasterio.open(output, "r+") as dst:
+            dst.update_tags(**tags)
+    return output
+
+
+def deliver(plan: ExportPlan, output: Path) -> str:
+    """Move the result into the export root, or upload it to S3; its href."""
+    destination = plan.destination
+    if destination["kind"] == "local":
+        target = Path(destination["path"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.{plan.id}.part")
+        shutil.move(str(output), part)  # may cross file systems; the rename below is atomic
+        os.replace(part, target)
+        return str(target)
+    client = s3_client(destination)
+    client.upload_file(
+        str(output), destination["bucket"], destination["key"],
+        ExtraArgs={"ContentType": plan.media_type, "Metadata": {"jeo-export-id": plan.id}},
+    )  # fmt: skip
+    return f"s3://{destination['bucket']}/{destination['key']}"
+
+
+def remove_partials(plan: ExportPlan, keep_logs: bool = True) -> None:
+    """Remove chunks and merge intermediates (and everything else with keep_logs=False)."""
+    work = Path(plan.work_dir)
+    if not keep_logs:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    shutil.rmtree(chunks_dir(plan), ignore_errors=True)
+    shutil.rmtree(merge_dir(plan), ignore_errors=True)
+    if plan.destination["kind"] == "local":
+        target = Path(plan.destination["path"])
+        part = target.with_name(f".{target.name}.{plan.id}.part")
+        part.unlink(missing_ok=True)
+
+
+def run_merge(store: ExportStore, export_id: str) -> int:
+    """Assemble and deliver; the process exit code (0 also when the export is no longer active)."""
+    record = store.require(export_id)
+    plan = record.plan
+    if not record.active:
+        print(f"export {export_id} is {record.status}: nothing to merge", flush=True)
+        return 0
+    print(f"export {export_id}: merging {plan.chunks_total} chunks into {plan.format} ({plan.width}×{plan.height})",
+          flush=True)
+    store.mark_running(export_id)
+    start = time.perf_counter()
+    output = merge_dir(plan) / f"result-{os.getpid()}.tif"  # per process: a stray second merge cannot clash
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with terminate_as_exit():
+            assemble(plan, output)
+            print(f"assembled in {time.perf_counter() - start:.2f} s ({output.stat().st_size:,} bytes)", flush=True)
+            if store.status(export_id) != "running":
+                print(f"export {export_id} is no longer active: result discarded", flush=True)
+                remove_partials(plan)
+                return 0
+            href = deliver(plan, output)
+            if not store.transition(export_id, "finished", result=href):
+                print(f"export {export_id} was canceled during delivery: result removed", flush=True)
+                delete_result(plan)
+                return 0
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        store.transition(export_id, "failed", error=f"merge failed: {error}",
+                         log_tail=tail(merge_log(plan)) or traceback.format_exc())
+        remove_partials(plan)
+        return 1
+    finally:
+        output.unlink(missing_ok=True)
+        output.with_suffix(".vrt").unlink(missing_ok=True)
+    remove_partials(plan)
+    print(f"export {export_id} finished in {time.perf_counter() - start:.2f} s: {href}", flush=True)
+    return 0
