@@ -41,24 +41,8 @@ def record_json(request: Request, record: ExportRecord, chunks: list[dict[str, A
             {"rel": "result", "href": f"{base}/result", "type": plan.media_type},
             {"rel": "item", "href": f"{base}/item", "type": "application/geo+json"},
         ]
-    total = record.chunks_total or 1
-    done = total if record.status == "finished" else record.chunks_done
     return {
-        "id": record.id,
-        "status": record.status,
-        "collection": record.collection,
-        "executor": record.executor,
-        "jobs": record.jobs,
-        "created": record.created,
-        "started": record.started,
-        "finished": record.finished,
-        "progress": {"chunks_done": done, "chunks_total": record.chunks_total, "fraction": round(done / total, 4)},
-        "estimate": plan.estimate,
-        "format": plan.format,
-        "destination": plan.result_href,
-        "result": record.result,
-        "error": record.error,
-        "log_tail": record.log_tail,
+        **record.summary(),
         "request": record.request,
         **({"chunks": chunks} if chunks is not None else {}),
         "links": links,

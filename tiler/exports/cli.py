@@ -19,27 +19,6 @@ import click
 from tiler.settings import get_settings
 
 
-def _summary(record) -> dict:
-    total = record.chunks_total or 1
-    done = total if record.status == "finished" else record.chunks_done
-    return {
-        "id": record.id,
-        "status": record.status,
-        "collection": record.collection,
-        "executor": record.executor,
-        "jobs": record.jobs,
-        "created": record.created,
-        "started": record.started,
-        "finished": record.finished,
-        "progress": {"chunks_done": done, "chunks_total": record.chunks_total},
-        "estimate": record.plan.estimate,
-        "destination": record.plan.result_href,
-        "result": record.result,
-        "error": record.error,
-        "log_tail": record.log_tail,
-    }
-
-
 def _service(adopt_orphans: bool = False):
     from tiler.exports.service import ExportService
 
@@ -168,7 +147,7 @@ def export(collection, preset, assets, expression, index_, datetime_, method, p,
 
 def _report(record, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(_summary(record), indent=1))
+        click.echo(json.dumps(record.summary(), indent=1))
     elif record.status == "finished":
         click.echo(record.result)
     if record.status != "finished":
@@ -198,7 +177,7 @@ def export_status(export_id, status, wait):
         record = _wait(service, export_id, progress=True) if wait else service.get(export_id)
     except JeoError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(json.dumps(_summary(record), indent=1))
+    click.echo(json.dumps(record.summary(), indent=1))
 
 
 @click.command("export-cancel")

@@ -211,6 +211,28 @@ class ExportRecord:
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    def summary(self) -> dict[str, Any]:
+        """Status, progress, times, jobs, estimate and outcome, as the API and the CLI show them."""
+        total = self.chunks_total or 1
+        done = total if self.status == "finished" else self.chunks_done
+        return {
+            "id": self.id,
+            "status": self.status,
+            "collection": self.collection,
+            "executor": self.executor,
+            "jobs": self.jobs,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "progress": {"chunks_done": done, "chunks_total": self.chunks_total, "fraction": round(done / total, 4)},
+            "estimate": self.plan.estimate,
+            "format": self.plan.format,
+            "destination": self.plan.result_href,
+            "result": self.result,
+            "error": self.error,
+            "log_tail": self.log_tail,
+        }
+
 
 def now() -> str:
     """UTC now, RFC 3339 with milliseconds."""
