@@ -15,8 +15,8 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.corrections import Corrector
 from mosaics.composite import CloudMask, Compositing, Selection, candidates, composite, explain_point
+from mosaics.corrections import Corrector
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Collection, Item

@@ -49,6 +49,17 @@ def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
     return kernels.landsat_toa_reflectance(dn, mult, add, float(mtl["SUN_ELEVATION"]), nodata=None)
 
 
+def check(correction: str, item: Item) -> None:
+    """InvalidParameter naming `correction` when it cannot apply to `item` (checked before reading)."""
+    if correction not in CORRECTIONS:
+        raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
+    if correction == "s2_harmonize" and not item.processing_baseline:
+        raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
+    if correction in ("toa", "dos"):
+        if "mtl" not in item.assets and (item.properties.get("processing:level") or "").upper() != "L1C":
+            raise InvalidParameter("correction", f"{correction} needs a Level-1 (TOA) product; '{item.id}' is not one")
+
+
 class Corrector:
     """Applies one correction to raw DN windows; keeps DOS dark values in a shared on-disk store."""
 
@@ -57,19 +68,16 @@ class Corrector:
 
     def physical(self, correction: str, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
         """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
+        check(correction, item)
         if correction == "none":
             return to_physical(raw, [item.assets[k] for k in keys])
         if correction == "s2_harmonize":
-            if not item.processing_baseline:
-                raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
             applied = bool(item.properties.get("earthsearch:boa_offset_applied", False))
             out = kernels.s2_reflectance(raw.data, item.processing_baseline, offset_applied=applied, nodata=None)
-        elif correction in ("toa", "dos"):
+        else:
             out = self._toa_like(item, keys, raw.data)
             if correction == "dos":
                 out = kernels.dos1(out, [self.dark_value(item, k) for k in keys])
-        else:
-            raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
         out[np.ma.getmaskarray(raw)] = np.nan
         return out
 
@@ -78,9 +86,7 @@ class Corrector:
         """TOA reflectance: Landsat via the MTL, otherwise (L1C) the catalog's scale/offset."""
         if "mtl" in item.assets:
             return _toa(item, keys, dn)
-        if (item.properties.get("processing:level") or "").upper() == "L1C":
-            return to_physical(np.ma.MaskedArray(dn), [item.assets[k] for k in keys])
-        raise InvalidParameter("correction", f"item '{item.id}' is not a Level-1 (TOA) product")
+        return to_physical(np.ma.MaskedArray(dn), [item.assets[k] for k in keys])
 
     def dark_value(self, item: Item, key: str) -> float:
         """The scene's DOS1 dark value for one band, from a ≤ 512 px overview, computed once and stored."""

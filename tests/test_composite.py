@@ -206,6 +206,8 @@ BAD = [
     ({"assets": "red", "sortby": "colour"}, 400, "sortby"),
     ({"assets": "red", "method": "median", "provenance": "true"}, 400, "provenance"),
     ({"assets": "red", "mask_dilation": "-1"}, 422, "mask_dilation"),
+    ({"assets": "red", "correction": "toa"}, 400, "correction"),
+    ({"assets": "red", "correction": "magic"}, 422, "correction"),
 ]
 
 

@@ -270,6 +270,8 @@ BAD = [  # (changes to BASE (None removes a field), status, text the message mus
     ({"method": "mode"}, 400, "method"),
     ({"method": "percentile"}, 400, "p"),
     ({"cloud_mask": "fog"}, 400, "cloud_mask"),
+    ({"correction": "magic"}, 400, "correction"),
+    ({"correction": "toa"}, 400, "correction"),
     ({"datetime": "yesterday"}, 400, "datetime"),
     ({"datetime": "2020-01-01/2020-02-01"}, 400, "datetime"),
     ({"max_items": 100000}, 400, "max_items"),

@@ -73,6 +73,8 @@ def _geometry(text: str | None):
 @click.option("--p", type=float, help="Percentile for --method percentile.")
 @click.option("--cloud-mask", help="scl, cloud_probability:<percent>, qa or none.")
 @click.option("--mask-dilation", type=int, help="Grow masked areas by this many pixels.")
+@click.option("--correction", type=click.Choice(["none", "s2_harmonize", "toa", "dos"]),
+              help="Per-scene correction before compositing (default none).")
 @click.option("--max-cloud", type=float, help="Only scenes with eo:cloud_cover at most this.")
 @click.option("--max-items", type=int, help="At most this many scenes per chunk.")
 @click.option("--sortby", help="Scene order (default -datetime).")
@@ -89,7 +91,7 @@ def _geometry(text: str | None):
               help="A JSON request (the POST /exports body); options override its fields.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait with a progress bar, or print the id at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
-def export(collection, preset, assets, expression, index_, datetime_, method, p, cloud_mask, mask_dilation, max_cloud,
+def export(collection, preset, assets, expression, index_, datetime_, method, p, cloud_mask, mask_dilation, correction, max_cloud,
            max_items, sortby, bbox, bbox_crs, geometry, crs, resolution, format_, destination, executor, chunk_size,
            request_file, wait, as_json):
     """Export a composite of COLLECTION over an area as a COG (same request as POST /exports)."""
@@ -99,6 +101,7 @@ def export(collection, preset, assets, expression, index_, datetime_, method, p,
     given = {
         "collection": collection, "preset": preset, "assets": assets, "expression": expression, "index": index_,
         "datetime": datetime_, "method": method, "p": p, "cloud_mask": cloud_mask, "mask_dilation": mask_dilation,
+        "correction": correction,
         "max_cloud": max_cloud, "max_items": max_items, "sortby": sortby, "bbox_crs": bbox_crs,
         "geometry": _geometry(geometry), "crs": crs, "resolution": resolution, "format": format_,
         "destination": destination, "executor": executor, "chunk_size": chunk_size,

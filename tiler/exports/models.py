@@ -34,6 +34,7 @@ from algorithms import indices
 from mosaics.catalog import Catalog
 from mosaics.collection_reader import default_cloud_mask
 from mosaics.composite import CloudMask, Compositing, Selection
+from mosaics.corrections import check as check_correction
 from mosaics.errors import InvalidParameter, JeoError, NotFound
 from mosaics.grid import Grid
 from mosaics.models import Asset, Item
@@ -68,6 +69,7 @@ class ExportRequest(BaseModel):
     p: float | None = Field(None, ge=0, le=100, description="Percentile for method=percentile.")
     cloud_mask: str | None = Field(None, description="scl, cloud_probability:<percent>, qa or none; default: the collection's.")
     mask_dilation: int = Field(0, ge=0, le=50, description="Grow masked areas by this many pixels.")
+    correction: str = Field("none", description="Per-scene correction: none, s2_harmonize, toa or dos.")
     max_cloud: float | None = Field(None, ge=0, le=100, description="Only scenes with eo:cloud_cover at most this.")
     max_items: int | None = Field(None, ge=1, description="At most this many scenes per chunk, in sortby order.")
     sortby: str = Field("-datetime", description="Scene order.")
@@ -160,7 +162,9 @@ class ExportPlan:
 
     def compositing_object(self) -> Compositing:
         c = self.compositing
-        return Compositing(c["method"], c["p"], CloudMask.parse(c["cloud_mask"]), c["mask_dilation"])
+        return Compositing(
+            c["method"], c["p"], CloudMask.parse(c["cloud_mask"]), c["mask_dilation"], correction=c["correction"]
+        )
 
     def selection_object(self) -> Selection:
         s = self.selection
@@ -437,7 +441,8 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
     except NotFound as error:
         raise InvalidParameter(recipe_field, str(error)) from None
     mask = CloudMask.parse(cloud_mask_text) if cloud_mask_text else default_cloud_mask(newest)
-    compositing = Compositing(method, p, mask, request.mask_dilation)
+    compositing = Compositing(method, p, mask, request.mask_dilation, correction=request.correction)
+    check_correction(compositing.correction, newest)
     mask.asset_key(newest)
     if method == "max_ndvi":
         for band in indices.INDICES["ndvi"].bands:
@@ -572,6 +577,7 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
             "p": compositing.p,
             "cloud_mask": cm.kind if cm.threshold is None else f"{cm.kind}:{cm.threshold:g}",
             "mask_dilation": compositing.mask_dilation,
+            "correction": compositing.correction,
         },
         selection={
             "datetime": None if interval is None else [None if v is None else v.isoformat() for v in interval],

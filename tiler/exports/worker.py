@@ -22,10 +22,12 @@ from rasterio.features import geometry_mask
 
 from mosaics.catalog import Catalog
 from mosaics.composite import composite
+from mosaics.corrections import Corrector
 from mosaics.errors import NotFound, SceneReadError
 from tiler.exports.chunks import window_transform
 from tiler.exports.models import ACTIVE, ExportPlan
 from tiler.exports.store import ExportStore
+from tiler.settings import get_settings
 
 LOG_TAIL_LINES = 40
 
@@ -86,7 +88,7 @@ def compute_chunk(plan: ExportPlan, chunk: int, catalog: Catalog, pool: ThreadPo
     try:
         result = composite(
             catalog, plan.collection, grid, plan.recipe_object(), plan.compositing_object(), plan.selection_object(),
-            pool, dict(plan.read_options),
+            pool, dict(plan.read_options), Corrector(get_settings().home / "dark-values"),
         )  # fmt: skip
     except NotFound as error:
         if error.kind != "items":
