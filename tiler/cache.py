@@ -89,10 +89,6 @@ class TileCache:
             self.cache.set(key, _pack(tile))
             return tile, False
 
-    def volume(self) -> int:
-        """Bytes used on disk."""
-        return self.cache.volume()
-
 
 class NoCache(TileCache):
     """Caching disabled (`JEO_CACHE_SIZE_MB=0`): always compute."""
@@ -100,11 +96,5 @@ class NoCache(TileCache):
     def __init__(self):  # noqa: D107 - nothing to open
         pass
 
-    def get(self, key: str) -> CachedTile | None:
-        return None
-
     def get_or_compute(self, key: str, compute: Callable[[], CachedTile]) -> tuple[CachedTile, bool]:
         return compute(), False
-
-    def volume(self) -> int:
-        return 0
