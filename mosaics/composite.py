@@ -29,7 +29,7 @@ from mosaics.corrections import CORRECTIONS, Corrector
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
 from mosaics.grid import Grid
 from mosaics.models import Item
-from mosaics.reader import SceneReader
+from mosaics.reader import read_pixel, read_window
 from mosaics.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -183,33 +183,32 @@ def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str
     return keys
 
 
-Read = Callable[[SceneReader, list[str], dict], np.ma.MaskedArray]
+Read = Callable[[Item, list[str], dict], np.ma.MaskedArray]
 
 
 def grid_read(grid: Grid) -> Read:
     """Read raw DN `[K, H, W]` of asset keys on `grid`."""
-    return lambda reader, keys, options: reader.read_grid(grid, keys, **options).array
+    return lambda item, keys, options: read_window(item, keys, grid, **options)
 
 
 def point_read(lon: float, lat: float) -> Read:
     """Read raw DN `[K, 1, 1]` of asset keys at a point (EPSG:4326)."""
-    return lambda reader, keys, options: reader.read_point(lon, lat, keys, **options).array.reshape(-1, 1, 1)
+    return lambda item, keys, options: read_pixel(item, keys, lon, lat, **options).reshape(-1, 1, 1)
 
 
 def _read_scene(
     item: Item, read: Read, keys: dict[str, str], compositing: Compositing, corrector: Corrector, read_options: dict
 ) -> Observation:
-    reader = SceneReader(item)
     order = list(dict.fromkeys(keys.values()))
     mask_key = compositing.cloud_mask.asset_key(item)
     try:
-        raw = read(reader, order, read_options)
+        raw = read(item, order, read_options)
         bands = corrector.physical(compositing.correction, item, order, raw)
         valid = np.isfinite(bands).all(axis=0)
         mask_value = None
         if mask_key is not None:
             mask_options = {k: v for k, v in read_options.items() if k not in ("resampling_method", "reproject_method", "nodata")}
-            mask = read(reader, [mask_key], mask_options)
+            mask = read(item, [mask_key], mask_options)
             mask_value = mask.data[0]
             valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask_value)) & ~np.ma.getmaskarray(mask)[0]
     except (RasterioError, RioTilerError, OSError) as error:

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.io import DatasetReader
 from rio_tiler.io import Reader
 
-Key = tuple[str, int, int]
+Key = tuple[str, int, int, int | None]
 
 
 class DatasetPool:
@@ -30,20 +30,21 @@ class DatasetPool:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(path: str) -> Key:
+    def _key(path: str, overview_level: int | None) -> Key:
         if path.startswith("/vsi"):
-            return path, 0, 0
+            return path, 0, 0, overview_level
         stat = os.stat(path)
-        return path, stat.st_size, stat.st_mtime_ns
+        return path, stat.st_size, stat.st_mtime_ns, overview_level
 
     @contextmanager
-    def open(self, path: str) -> Iterator[DatasetReader]:
-        """A dataset for `path`, from the pool when one is idle."""
-        key = self._key(path)
+    def open(self, path: str, overview_level: int | None = None) -> Iterator[DatasetReader]:
+        """A dataset for `path` (or one of its overview levels), from the pool when one is idle."""
+        key = self._key(path, overview_level)
         with self._lock:
             handles = self._idle.get(key)
             dataset = handles.pop() if handles else None
-        dataset = dataset or rasterio.open(path)
+        if dataset is None:
+            dataset = rasterio.open(path) if overview_level is None else rasterio.open(path, overview_level=overview_level)
         try:
             yield dataset
         finally:

@@ -1,4 +1,5 @@
-"""SceneReader: a rio-tiler reader over one catalog item that returns physical values.
+"""Reading catalog items: `SceneReader` (a rio-tiler reader returning physical values) and the raw
+window/pixel reads that composites use (`read_window`, `read_pixel`).
 
 Reading goes through rio-tiler (tiles, points, previews of each asset); the catalog's `raster:bands`
 scale/offset are applied before the recipe (band combination, expression or index) is evaluated, so that
@@ -15,7 +16,9 @@ import numpy as np
 from affine import Affine
 from morecantile import Tile, TileMatrixSet
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.transform import array_bounds
+from rio_tiler import reader as rio_reader
 from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import MultiBaseReader
@@ -25,10 +28,11 @@ from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
-from mosaics.datasets import PooledReader
+from mosaics.datasets import POOL, PooledReader
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Asset, Item
+from mosaics.pixelmap import SourceGrid, pixel_map
 from mosaics.recipe import Recipe
 
 
@@ -47,6 +51,76 @@ def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:
         out[i] = scale_offset(np.ascontiguousarray(data.data[i]), scale, offset, None)
         out[i][mask[i]] = np.nan
     return out
+
+
+def asset_nodata(asset: Asset, override: float | None = None) -> float | None:
+    """The nodata value (DN) to read an asset with: the override, else the catalog's `raster:bands` nodata."""
+    if override is not None:
+        return override
+    return asset.bands[0].nodata if asset.bands else None
+
+
+def read_window(
+    item: Item, keys: Sequence[str], grid: Grid, nodata: float | None = None,
+    resampling_method: str | None = None, reproject_method: str | None = None, **warp_options: Any,
+) -> np.ma.MaskedArray:
+    """Raw DN `[K, H, W]` of asset keys on `grid`, one band each, masked where there is no data.
+
+    Nearest-neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling
+    goes through rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after another in the calling thread:
+    composites read many scenes in parallel already.
+    """
+    nearest = (resampling_method or "nearest") == "nearest" and (reproject_method or "nearest") == "nearest"
+    arrays = []
+    for key in keys:
+        asset = item.assets[key]
+        path, value = gdal_path(asset.href), asset_nodata(asset, nodata)
+        if nearest and (array := _read_mapped(path, grid, value)) is not None:
+            arrays.append(array)
+            continue
+        with POOL.open(path) as dataset:
+            image = rio_reader.part(
+                dataset, grid.bounds, height=grid.height, width=grid.width, dst_crs=grid.crs, bounds_crs=grid.crs,
+                nodata=value, resampling_method=resampling_method or "nearest", reproject_method=reproject_method or "nearest", **warp_options,
+            )
+        arrays.append(image.array)
+    return np.ma.concatenate(arrays)
+
+
+def _read_mapped(path: str, grid: Grid, nodata: float | None) -> np.ma.MaskedArray | None:
+    """Band 1 of `path` on `grid` through a pixel map; None for rasters it does not handle (no CRS, mask bands)."""
+    with POOL.open(path) as dataset:
+        nodata = nodata if nodata is not None else dataset.nodata
+        if dataset.crs is None or (nodata is None and dataset.mask_flag_enums[0] != [MaskFlags.all_valid]):
+            return None
+        source = SourceGrid(
+            dataset.crs.to_wkt(), tuple(dataset.transform)[:6], dataset.height, dataset.width, tuple(dataset.overviews(1))
+        )
+        mapping = pixel_map(grid, source)
+        dtype = dataset.dtypes[0]
+        if mapping.window is None:
+            return np.ma.masked_all((1, grid.height, grid.width), dtype=dtype)
+        if mapping.level is None:
+            window = dataset.read(1, window=mapping.window)
+    if mapping.level is not None:
+        with POOL.open(path, overview_level=mapping.level) as overview:
+            window = overview.read(1, window=mapping.window)
+    values = mapping.take(window)[np.newaxis]
+    mask = ~mapping.inside[np.newaxis]
+    if nodata is not None:
+        mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
+    return np.ma.MaskedArray(values, mask=mask)
+
+
+def read_pixel(item: Item, keys: Sequence[str], lon: float, lat: float, nodata: float | None = None, **options: Any) -> np.ma.MaskedArray:
+    """Raw DN `[K]` of asset keys at a point (EPSG:4326), read like `read_window`."""
+    values = []
+    for key in keys:
+        asset = item.assets[key]
+        with POOL.open(gdal_path(asset.href)) as dataset:
+            point = rio_reader.point(dataset, (lon, lat), coord_crs=WGS84_CRS, nodata=asset_nodata(asset, nodata), **options)
+        values.append(point.array)
+    return np.ma.concatenate(values)
 
 
 def _native_grid(item: Item) -> Asset | None:
@@ -83,9 +157,8 @@ class SceneReader(MultiBaseReader):
 
     def _get_asset_info(self, asset: str) -> AssetInfo:
         meta = self.input.assets[asset]
-        options: dict[str, Any] = {}
-        if meta.bands and meta.bands[0].nodata is not None:
-            options["nodata"] = meta.bands[0].nodata
+        nodata = asset_nodata(meta)
+        options: dict[str, Any] = {} if nodata is None else {"nodata": nodata}
         return AssetInfo(
             url=gdal_path(meta.href),
             name=asset,
@@ -109,26 +182,18 @@ class SceneReader(MultiBaseReader):
         """What a cached tile depends on in the catalog: this item's version."""
         return {self.input.id: self.input.version}
 
-    def read_grid(self, grid: Grid, keys: Sequence[str], **kwargs: Any) -> ImageData:
-        """Raw DN of the given asset keys on `grid`, one band each, masked where there is no data."""
-        return MultiBaseReader.part(
-            self, grid.bounds, dst_crs=grid.crs, bounds_crs=grid.crs, width=grid.width, height=grid.height,
-            max_size=None, assets=list(keys), asset_as_band=True, **kwargs,
-        )
-
-    def read_point(self, lon: float, lat: float, keys: Sequence[str], **kwargs: Any) -> PointData:
-        """Raw DN of the given asset keys at a point (EPSG:4326), one value each."""
-        return MultiBaseReader.point(self, lon, lat, assets=list(keys), asset_as_band=True, **kwargs)
-
     def _image(self, method: str, recipe: Recipe, *args: Any, **kwargs: Any) -> ImageData:
         keys = recipe.resolve(self.input)
         raw = getattr(super(), method)(*args, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)
-        values = self._evaluate(recipe, keys, raw.array)
+        return self._output(recipe, keys, raw.array, raw.bounds, raw.crs)
+
+    def _output(self, recipe: Recipe, keys: dict[str, str], raw: np.ma.MaskedArray, bounds, crs) -> ImageData:
+        values = self._evaluate(recipe, keys, raw)
         return ImageData(
             np.ma.MaskedArray(values, mask=~np.isfinite(values)),
             assets=[self.input.id],
-            bounds=raw.bounds,
-            crs=raw.crs,
+            bounds=bounds,
+            crs=crs,
             band_descriptions=recipe.descriptions,
             metadata={"item": self.input.id, "datetime": self.input.datetime.isoformat()},
         )
@@ -141,13 +206,18 @@ class SceneReader(MultiBaseReader):
         assets: Sequence[str] | None = None,
         expression: str | None = None,
         index: str | None = None,
+        tilesize: int = 256,
+        buffer: float | None = None,
         **kwargs: Any,
     ) -> ImageData:
         """A tile of the recipe's output bands (float32, physical units, NaN/masked outside data)."""
         recipe = Recipe.from_params(assets, expression, index)
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside the footprint of item '{self.input.id}'")
-        return self._image("tile", recipe, tile_x, tile_y, tile_z, **kwargs)
+        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer or 0)
+        keys = recipe.resolve(self.input)
+        raw = read_window(self.input, list(dict.fromkeys(keys.values())), grid, **kwargs)
+        return self._output(recipe, keys, raw, grid.bounds, grid.crs)
 
     def preview(  # type: ignore[override]
         self, assets: Sequence[str] | None = None, expression: str | None = None, index: str | None = None, **kwargs: Any

@@ -262,3 +262,40 @@ def landsat_toa(dn, mult, add, sun_elevation_deg):
     out = (mult * dn.astype(np.float64) + add) / math.sin(math.radians(sun_elevation_deg))
     out[dn == 0] = np.nan
     return out
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def nearest_tile(path, tms, tile, size: int = 256, band: int = 1) -> np.ma.MaskedArray:
+    """A band of the raster at `path` on a tile, masked where outside the raster or nodata.
+
+    Each tile pixel takes the source pixel that contains its centre (GDAL's coordinate transformation,
+    rasterio's `rowcol`), read from the coarsest overview whose pixels are not larger than the tile's
+    pixels at the tile centre; the whole band of that level is read.
+    """
+    import rasterio
+    from rasterio.transform import rowcol
+    from rasterio.warp import transform
+
+    left, bottom, right, top = tms.xy_bounds(tile)
+    step = (right - left) / size
+    xs, ys = np.meshgrid(left + (np.arange(size) + 0.5) * step, top - (np.arange(size) + 0.5) * step)
+    with rasterio.open(path) as src:
+        sx, sy = transform(tms.rasterio_crs, src.crs, xs.ravel(), ys.ravel())
+        middle = (left + right) / 2, (bottom + top) / 2
+        (x0, x1), (y0, y1) = transform(tms.rasterio_crs, src.crs, [middle[0], middle[0] + step], [middle[1]] * 2)
+        pixel = math.hypot(x1 - x0, y1 - y0) / src.res[0]
+        levels = [i for i, factor in enumerate(src.overviews(1)) if factor <= pixel]
+        nodata = src.nodata
+    options = {"overview_level": levels[-1]} if levels else {}
+    with rasterio.open(path, **options) as level:
+        data = level.read(band)
+        rows, cols = rowcol(level.transform, sx, sy, op=math.floor)
+    rows, cols = np.asarray(rows).reshape(size, size), np.asarray(cols).reshape(size, size)
+    inside = (rows >= 0) & (cols >= 0) & (rows < data.shape[0]) & (cols < data.shape[1])
+    values = np.where(inside, data[np.clip(rows, 0, data.shape[0] - 1), np.clip(cols, 0, data.shape[1] - 1)], 0)
+    mask = ~inside
+    if nodata is not None:
+        mask |= np.isnan(values) if math.isnan(nodata) else values == nodata
+    return np.ma.MaskedArray(values, mask=mask)

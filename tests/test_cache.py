@@ -62,6 +62,22 @@ def test_repeated_tile_is_a_hit(cached):
     assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("miss", "hit")
     assert first.content == second.content
     assert second.headers["Server-Timing"].startswith("cache;dur=")
+    varying = {"date", "server-timing", "x-cache"}
+    assert {k: v for k, v in first.headers.items() if k not in varying} == {
+        k: v for k, v in second.headers.items() if k not in varying
+    }
+
+
+def test_hit_through_a_differently_written_request(cached):
+    """The request-as-sent shortcut misses on new spelling; the canonical key still finds the tile."""
+    server, _, _ = cached
+    tile = WM.tile(16.0, 46.5, 10)
+    url = composite_tile(tile, method="median")
+    assert server.get(url).headers["X-Cache"] == "miss"
+    reordered = url.replace("assets=red,green,blue&rescale=0,0.3", "rescale=0,0.3&assets=red,green,blue")
+    defaults_spelled_out = url + "&sortby=-datetime&mask_dilation=0"
+    assert [server.get(u).headers["X-Cache"] for u in (url, reordered, defaults_spelled_out)] == ["hit"] * 3
+    assert len({server.get(u).content for u in (url, reordered, defaults_spelled_out)}) == 1
 
 
 def test_reingest_invalidates_exactly_the_tiles_that_used_the_item(cached):

@@ -19,7 +19,7 @@ from tiler.exports import api as exports_api
 from tiler.exports.service import ExportService
 from tiler.cache import NoCache, TileCache
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
-from tiler.middleware import PresetMiddleware
+from tiler.middleware import CachedTileMiddleware, PresetMiddleware
 from tiler.presets import PresetRegistry
 from tiler.settings import Settings, get_settings
 from tiler.tms import supported_tms
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz():
         return {"status": "ok", "collections": len(catalog.collections()), "version": __version__}
 
+    app.add_middleware(CachedTileMiddleware)
     app.add_middleware(PresetMiddleware)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]

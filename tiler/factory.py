@@ -123,6 +123,8 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
                     return CachedTile(content, media_type, tile_headers(image, timings))
 
                 cached, hit = request.app.state.tile_cache.get_or_compute(key, compute)
+            if shortcut := getattr(request.state, "tile_request", None):
+                request.app.state.tile_cache.remember(shortcut, key, headers)
             headers.update(cached.headers)
             headers["X-Cache"] = "hit" if hit else "miss"
             if hit:

@@ -1,22 +1,24 @@
-"""Request rewriting before routing: WMTS GetTile → the tile endpoint; `preset=` → its parameters.
-
-Both only rewrite the path and query string; the tile endpoints do the work, so a WMTS tile and the
-equivalent tile URL are answered by the same code with the same bytes.
+"""Before routing: WMTS GetTile → the tile endpoint, `preset=` → its parameters (both only rewrite the
+path and query string, so a WMTS tile and the equivalent tile URL are answered by the same code with the
+same bytes); then repeated tile requests are answered from the tile cache.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mosaics.errors import InvalidParameter, JeoError, NotFound
 from tiler import wmts
+from tiler.cache import request_key
 
 COLLECTION_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/(?P<items>items/)?")
+TILE_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/(items/[^/]+/)?tiles/")
 REST_TILE = re.compile(
     r"^/wmts/1\.0\.0/(?P<layer>[^/]+)/(?P<style>[^/]+)/(?P<time>[^/]+)/(?P<tilematrixset>[^/]+)/"
     r"(?P<tilematrix>[^/]+)/(?P<tilerow>[^/]+)/(?P<tilecol>[^/.]+)\.(?P<ext>[a-z]+)$"
@@ -87,3 +89,36 @@ class PresetMiddleware:
         if given & {"assets", "expression", "index"}:
             expanded = [(k, v) for k, v in expanded if k not in ("assets", "expression", "index")]
         scope["query_string"] = urlencode(expanded + rest).encode()
+
+
+class CachedTileMiddleware:
+    """Answer a tile request seen before from the tile cache, without routing, parameter parsing or catalog
+    search; otherwise mark the request so that the tile endpoint remembers where its tile is stored."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state if scope["type"] == "http" else None
+        if state is not None and scope["method"] == "GET" and state.tile_cache.enabled and (match := TILE_PATH.match(scope["path"])):
+            started = time.perf_counter()
+            try:
+                version = state.catalog.version(match["collection"])
+            except NotFound:
+                version = None
+            if version is not None:
+                shortcut = request_key(scope["path"], scope["query_string"].decode(), version)
+                if (found := state.tile_cache.lookup(shortcut)) is not None:
+                    await self._cached(scope, found, started)(scope, receive, send)
+                    return
+                scope.setdefault("state", {})["tile_request"] = shortcut
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _cached(scope: Scope, found, started: float) -> Response:
+        tile, validators = found
+        if validators["ETag"] in Request(scope).headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=validators)
+        headers = {**tile.headers, **validators, "X-Cache": "hit"}
+        headers["Server-Timing"] = f"cache;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return Response(tile.content, media_type=tile.media_type, headers=headers)

@@ -1,0 +1,83 @@
+"""Window reads through pixel maps against an independent nearest-neighbour read (real data)."""
+
+from __future__ import annotations
+
+import morecantile
+import numpy as np
+import pytest
+import rasterio
+
+from mosaics.catalog import Catalog
+from mosaics.grid import Grid
+from mosaics.pixelmap import SourceGrid, pixel_map
+from mosaics.reader import read_window
+from tests.reference import nearest_tile
+
+C = "sentinel-2-l2a-timeseries"
+ITEM = "S2B_33TWM_20230810_0_L2A"  # has a no-data wedge on the west side
+CLEAR = "S2B_33TWM_20230813_0_L2A"  # has data up to the raster's west edge
+WM = morecantile.tms.get("WebMercatorQuad")
+
+
+@pytest.fixture(scope="module")
+def catalog(jeo_home):
+    return Catalog(jeo_home / "catalog.db")
+
+
+@pytest.fixture(scope="module")
+def item(catalog):
+    return catalog.item(C, ITEM)
+
+
+@pytest.mark.parametrize("item_id,z,lon,lat", [
+    (ITEM, 13, 15.9, 46.45),  # finer than the 120 m data
+    (ITEM, 10, 15.9, 46.45),
+    (ITEM, 8, 15.9, 46.45),  # overview level
+    (ITEM, 6, 15.9, 46.45),  # coarser still; the raster is a small part of the tile
+    (ITEM, 10, 15.2, 46.75),  # across the no-data wedge
+    (CLEAR, 12, 14.99, 46.95),  # across the raster's west edge
+])
+@pytest.mark.parametrize("asset,file", [("red", "B04"), ("scl", "SCL")])
+def test_read_window_equals_nearest_reference(shared_data, catalog, item_id, z, lon, lat, asset, file):
+    tile = WM.tile(lon, lat, z)
+    actual = read_window(catalog.item(C, item_id), [asset], Grid.for_tile(WM, tile))[0]
+    expected = nearest_tile(shared_data / C / item_id / f"{file}.tif", WM, tile)
+    np.testing.assert_array_equal(np.ma.getmaskarray(actual), expected.mask)
+    np.testing.assert_array_equal(actual.data[~expected.mask], expected.data[~expected.mask])
+    assert 0.05 < (~expected.mask).mean()
+
+
+def test_overview_is_the_coarsest_not_coarser_than_the_output(shared_data):
+    with rasterio.open(shared_data / C / ITEM / "B04.tif") as src:
+        source = SourceGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width, tuple(src.overviews(1)))
+    assert source.overviews, "the test needs a raster with overviews"
+    levels = {z: pixel_map(Grid.for_tile(WM, WM.tile(15.9, 46.45, z)), source).level for z in (12, 10, 8, 7, 6)}
+    # 120 m pixels; WebMercator pixels at 46.45° N: z10 ≈ 105 m, z8 ≈ 421 m, z7 ≈ 842 m, z6 ≈ 1685 m
+    factors = {z: 1 if level is None else source.overviews[level] for z, level in levels.items()}
+    assert factors[12] == factors[10] == 1
+    assert all(factors[a] <= factors[b] for a, b in ((10, 8), (8, 7), (7, 6)))
+    assert factors[6] > 1
+
+
+def test_grid_off_the_raster_reads_nothing(item):
+    far = Grid.for_tile(WM, WM.tile(-120.0, 40.0, 10))
+    actual = read_window(item, ["red"], far)
+    assert np.ma.getmaskarray(actual).all()
+
+
+def test_other_resampling_goes_through_the_warped_read(item):
+    grid = Grid.for_tile(WM, WM.tile(15.9, 46.45, 12))
+    nearest = read_window(item, ["red"], grid)
+    bilinear = read_window(item, ["red"], grid, reproject_method="bilinear")
+    assert nearest.shape == bilinear.shape == (1, 256, 256)
+    assert not np.array_equal(nearest.data, bilinear.data)
+    assert np.corrcoef(nearest.data.ravel(), bilinear.data.ravel())[0, 1] > 0.9
+
+
+def test_utm_grid_in_the_raster_crs_is_a_plain_window(shared_data, item):
+    with rasterio.open(shared_data / C / ITEM / "B04.tif") as src:
+        transform, crs, band = src.transform, src.crs, src.read(1)
+    left, top = transform * (100, 200)
+    right, bottom = transform * (164, 248)
+    actual = read_window(item, ["red"], Grid((left, bottom, right, top), crs, 64, 48))[0]
+    np.testing.assert_array_equal(actual.data, band[200:248, 100:164])
