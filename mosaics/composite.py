@@ -186,9 +186,10 @@ def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str
 Read = Callable[[Item, list[str], dict], np.ma.MaskedArray]
 
 
-def grid_read(grid: Grid) -> Read:
-    """Read raw DN `[K, H, W]` of asset keys on `grid`."""
-    return lambda item, keys, options: read_window(item, keys, grid, **options)
+def grid_read(grid: Grid, margin: int = 0) -> Read:
+    """Read raw DN `[K, H + 2 margin, W + 2 margin]` of asset keys on `grid` grown by `margin` pixels."""
+    grown = grid.buffered(margin)
+    return lambda item, keys, options: read_window(item, keys, grown, **options)
 
 
 def point_read(lon: float, lat: float) -> Read:
@@ -197,8 +198,10 @@ def point_read(lon: float, lat: float) -> Read:
 
 
 def _read_scene(
-    item: Item, read: Read, keys: dict[str, str], compositing: Compositing, corrector: Corrector, read_options: dict
+    item: Item, read: Read, keys: dict[str, str], compositing: Compositing, corrector: Corrector, read_options: dict,
+    margin: int = 0,
 ) -> Observation:
+    """One scene's physical bands and usable pixels; a read `margin` (for mask dilation) is cut off at the end."""
     order = list(dict.fromkeys(keys.values()))
     mask_key = compositing.cloud_mask.asset_key(item)
     try:
@@ -215,7 +218,9 @@ def _read_scene(
         raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
     if compositing.mask_dilation:
         valid = masks.dilate_invalid(valid, compositing.mask_dilation)
-    return Observation(item, bands[[order.index(keys[n]) for n in keys]], valid, mask_value)
+    inner = (slice(margin, -margin),) * 2 if margin else (slice(None),) * 2
+    bands = bands[[order.index(keys[n]) for n in keys]]
+    return Observation(item, bands[(slice(None), *inner)], valid[inner], None if mask_value is None else mask_value[inner])
 
 
 def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
@@ -257,7 +262,8 @@ def composite(
     read_options = read_options or {}
     corrector = corrector or Corrector()
     point = not isinstance(grid, Grid)
-    read_window = point_read(*grid) if point else grid_read(grid)
+    margin = 0 if point else compositing.mask_dilation  # dilation sees the masks beyond the grid's edge
+    read_window = point_read(*grid) if point else grid_read(grid, margin)
     with timings.stage("catalog"):
         items = candidates(catalog, collection_id, grid, selection)
     if not items:
@@ -269,7 +275,7 @@ def composite(
 
     def read(item: Item) -> Observation | None:
         try:
-            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options)
+            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options, margin)
         except SceneReadError as error:
             logger.warning("skipping scene: %s", error)
             skipped[item.id] = str(error)

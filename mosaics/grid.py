@@ -21,10 +21,16 @@ class Grid:
     @classmethod
     def for_tile(cls, tms: TileMatrixSet, tile: Tile, tilesize: int = 256, buffer: float = 0) -> Grid:
         """The grid of a tile of a tile matrix set, grown by `buffer` pixels on each side."""
-        left, bottom, right, top = tms.xy_bounds(tile)
-        pad_x, pad_y = (right - left) / tilesize * buffer, (top - bottom) / tilesize * buffer
-        size = int(tilesize + 2 * buffer)
-        return cls((left - pad_x, bottom - pad_y, right + pad_x, top + pad_y), tms.rasterio_crs, size, size)
+        return cls(tuple(tms.xy_bounds(tile)), tms.rasterio_crs, tilesize, tilesize).buffered(buffer)
+
+    def buffered(self, pixels: float) -> Grid:
+        """This grid grown by `pixels` on each side, at the same resolution."""
+        if not pixels:
+            return self
+        left, bottom, right, top = self.bounds
+        pad_x, pad_y = (right - left) / self.width * pixels, (top - bottom) / self.height * pixels
+        bounds = (left - pad_x, bottom - pad_y, right + pad_x, top + pad_y)
+        return Grid(bounds, self.crs, int(self.width + 2 * pixels), int(self.height + 2 * pixels))
 
     @property
     def transform(self) -> Affine:

@@ -3,7 +3,8 @@
 A warped read through a GDAL warped VRT costs several times the read itself for a 256² tile. Composites
 read the same grid from many scenes that share a few source grids (a Sentinel-2 tile's scenes all share
 one), so the mapping is computed once per (output grid, source grid) with PROJ, kept in an LRU cache, and
-each read becomes one plain window read of the right overview level plus a gather.
+each read becomes one plain window read of the right overview level plus a gather. A 256² map holds
+0.6 MB; the caches keep the 32 newest maps and the 8 newest grids' pixel centres per process.
 
 Nearest rule (as GDAL's): an output pixel takes the source pixel that contains its centre. The overview
 read is the coarsest one whose pixels are not larger than the output pixels (none: full resolution).
@@ -11,6 +12,7 @@ read is the coarsest one whose pixels are not larger than the output pixels (non
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,8 +41,8 @@ class PixelMap:
 
     level: int | None  # overview index (rasterio's `overview_level`), None for full resolution
     window: Window | None  # the source window to read, None when no output pixel falls on the raster
-    rows: np.ndarray  # intp [H, W] row in the window (0 where outside)
-    cols: np.ndarray  # intp [H, W] column in the window (0 where outside)
+    rows: np.ndarray  # int32 [H, W] row in the window (0 where outside)
+    cols: np.ndarray  # int32 [H, W] column in the window (0 where outside)
     inside: np.ndarray  # bool [H, W] the pixel centre falls on the raster
 
     def take(self, window_data: np.ndarray) -> np.ndarray:
@@ -55,16 +57,25 @@ def _transformer(src: str, dst: str) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def _centres(grid: Grid, crs: str) -> tuple[np.ndarray, np.ndarray]:
     """The grid's pixel centres `x[H, W], y[H, W]` in `crs` (shared by every source grid in that CRS)."""
     x, y = grid.transform * np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
     return _transformer(grid.crs.to_wkt(), crs).transform(x, y)
 
 
-@lru_cache(maxsize=128)
+_STRIPES = [threading.Lock() for _ in range(16)]
+
+
 def pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
-    """The nearest-neighbour map from `grid` onto `source` (cached: many scenes share a source grid)."""
+    """The nearest-neighbour map from `grid` onto `source`, computed once when many threads (the scenes of
+    one composite) ask for it at the same time."""
+    with _STRIPES[hash((grid, source)) % len(_STRIPES)]:
+        return _pixel_map(grid, source)
+
+
+@lru_cache(maxsize=32)
+def _pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
     col, row = ~Affine(*source.transform[:6]) * _centres(grid, source.crs)
     level, factor = _overview(source, col, row)
     # an overview covers the raster's extent with ceil(size / factor) pixels
@@ -74,12 +85,12 @@ def pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
     col, row = np.floor(col), np.floor(row)
     inside = (col >= 0) & (row >= 0) & (col < width) & (row < height)  # False for NaN (not projectable)
     if not inside.any():
-        zeros = np.zeros(inside.shape, dtype=np.intp)
+        zeros = np.zeros(inside.shape, dtype=np.int32)
         return PixelMap(level, None, zeros, zeros, inside)
     col0, row0 = int(col[inside].min()), int(row[inside].min())
     col1, row1 = int(col[inside].max()) + 1, int(row[inside].max()) + 1
-    rows = np.where(inside, row - row0, 0).astype(np.intp)
-    cols = np.where(inside, col - col0, 0).astype(np.intp)
+    rows = np.where(inside, row - row0, 0).astype(np.int32)
+    cols = np.where(inside, col - col0, 0).astype(np.int32)
     return PixelMap(level, Window(col0, row0, col1 - col0, row1 - row0), rows, cols, inside)
 
 

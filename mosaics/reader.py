@@ -66,9 +66,9 @@ def read_window(
 ) -> np.ma.MaskedArray:
     """Raw DN `[K, H, W]` of asset keys on `grid`, one band each, masked where there is no data.
 
-    Nearest-neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling
-    goes through rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after another in the calling thread:
-    composites read many scenes in parallel already.
+    Nearest-neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling goes
+    through rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after
+    another in the calling thread: composites read many scenes in parallel already.
     """
     nearest = (resampling_method or "nearest") == "nearest" and (reproject_method or "nearest") == "nearest"
     arrays = []
@@ -81,7 +81,8 @@ def read_window(
         with POOL.open(path) as dataset:
             image = rio_reader.part(
                 dataset, grid.bounds, height=grid.height, width=grid.width, dst_crs=grid.crs, bounds_crs=grid.crs,
-                nodata=value, resampling_method=resampling_method or "nearest", reproject_method=reproject_method or "nearest", **warp_options,
+                nodata=value, resampling_method=resampling_method or "nearest",
+                reproject_method=reproject_method or "nearest", **warp_options,
             )
         arrays.append(image.array)
     return np.ma.concatenate(arrays)

@@ -267,8 +267,9 @@ def landsat_toa(dn, mult, add, sun_elevation_deg):
 # ----------------------------------------------------------------------------- reads
 
 
-def nearest_tile(path, tms, tile, size: int = 256, band: int = 1) -> np.ma.MaskedArray:
-    """A band of the raster at `path` on a tile, masked where outside the raster or nodata.
+def nearest_tile(path, tms, tile, size: int = 256, band: int = 1, buffer: int = 0) -> np.ma.MaskedArray:
+    """A band of the raster at `path` on a tile (grown by `buffer` pixels on each side), masked where outside
+    the raster or nodata.
 
     Each tile pixel takes the source pixel that contains its centre (GDAL's coordinate transformation,
     rasterio's `rowcol`), read from the coarsest overview whose pixels are not larger than the tile's
@@ -280,10 +281,11 @@ def nearest_tile(path, tms, tile, size: int = 256, band: int = 1) -> np.ma.Maske
 
     left, bottom, right, top = tms.xy_bounds(tile)
     step = (right - left) / size
+    left, top, size = left - buffer * step, top + buffer * step, size + 2 * buffer
     xs, ys = np.meshgrid(left + (np.arange(size) + 0.5) * step, top - (np.arange(size) + 0.5) * step)
     with rasterio.open(path) as src:
         sx, sy = transform(tms.rasterio_crs, src.crs, xs.ravel(), ys.ravel())
-        middle = (left + right) / 2, (bottom + top) / 2
+        middle = left + size * step / 2, top - size * step / 2
         (x0, x1), (y0, y1) = transform(tms.rasterio_crs, src.crs, [middle[0], middle[0] + step], [middle[1]] * 2)
         pixel = math.hypot(x1 - x0, y1 - y0) / src.res[0]
         levels = [i for i, factor in enumerate(src.overviews(1)) if factor <= pixel]

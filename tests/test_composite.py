@@ -11,7 +11,7 @@ import morecantile
 import numpy as np
 import pytest
 from tests.conftest import start_server, stop_server
-from tests.reference import nearest_tile
+from tests.reference import dilate_invalid, nearest_tile
 
 C = "sentinel-2-l2a-timeseries"
 BANDS = {"red": "B04", "green": "B03", "blue": "B02", "nir": "B08"}
@@ -36,8 +36,9 @@ def order(docs: list[dict], key: str) -> list[dict]:
     return sorted(docs, key=lambda d: (d["properties"]["eo:cloud_cover"], d["id"]))
 
 
-def read_stack(shared_data: Path, docs: list[dict], tile, names: list[str], skip: str | None = None):
-    """Physical values [T, B, H, W] (NaN = no data) and SCL-valid [T, H, W], read with rasterio alone."""
+def read_stack(shared_data: Path, docs: list[dict], tile, names: list[str], skip: str | None = None, buffer: int = 0):
+    """Physical values [T, B, H, W] (NaN = no data) and SCL-valid [T, H, W], read with rasterio alone (on the
+    tile grown by `buffer` pixels)."""
     stack, valid, kept = [], [], []
     for doc in docs:
         if doc["id"] == skip:
@@ -45,9 +46,9 @@ def read_stack(shared_data: Path, docs: list[dict], tile, names: list[str], skip
         folder = shared_data / C / doc["id"]
         bands = []
         for name in names:
-            band = nearest_tile(folder / f"{BANDS[name]}.tif", WM, tile)
+            band = nearest_tile(folder / f"{BANDS[name]}.tif", WM, tile, buffer=buffer)
             bands.append(np.where(band.mask, np.nan, band.data * 0.0001).astype(np.float32))
-        scl = nearest_tile(folder / "SCL.tif", WM, tile)
+        scl = nearest_tile(folder / "SCL.tif", WM, tile, buffer=buffer)
         ok = ~np.isin(scl.data, SCL_INVALID) & ~scl.mask
         bands = np.stack(bands)
         stack.append(bands)
@@ -157,6 +158,20 @@ def test_medoid(server, shared_data, where):
     stack, valid, _ = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["red", "green", "blue"])
     actual, _ = fetch(server, tile, assets="red,green,blue", method="medoid")
     assert_values(actual[:3], select(stack, medoid_reference(stack, valid)))
+
+
+def test_mask_dilation_sees_beyond_the_tile_edge(server, shared_data):
+    """Clouds just outside the tile grow into it, as they do in the neighbouring tile."""
+    tile, d = TILES["inside"], 4
+    stack, valid, _ = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["red"], buffer=d)
+    grown = dilate_invalid(valid, d)[:, d:-d, d:-d]
+    actual, _ = fetch(server, tile, assets="red", method="count", mask_dilation=d)
+    np.testing.assert_array_equal(actual[0], grown.sum(axis=0))
+    edge = np.ones(grown.shape[1:], bool)
+    edge[d:-d, d:-d] = False
+    assert (dilate_invalid(valid[:, d:-d, d:-d], d) != grown)[:, edge].any(), "the tile edge must matter here"
+    actual, _ = fetch(server, tile, assets="red", method="median", mask_dilation=d)
+    assert_values(actual[:1], np.nanmedian(masked(stack[:, :, d:-d, d:-d], grown), axis=0))
 
 
 def test_count_equals_reference(server, shared_data):
