@@ -1,7 +1,8 @@
 """Reading catalog items: `SceneReader` (a rio-tiler reader returning physical values) and the raw
 window/pixel reads that composites use (`read_window`, `read_pixel`).
 
-Reading goes through rio-tiler (tiles, points, previews of each asset); the catalog's `raster:bands`
+Tiles and windows with nearest-neighbour resampling are read through pixel maps (`mosaics.pixelmap`);
+points, previews, parts and other resampling go through rio-tiler. The catalog's `raster:bands`
 scale/offset are applied before the recipe (band combination, expression or index) is evaluated, so that
 band math always works on physical values (e.g. reflectance 0–1).
 """

@@ -102,7 +102,6 @@ class TileCache:
             self.cache.set(key, _pack(tile))
             return tile, False
 
-
     def remember(self, request: str, key: str, headers: dict[str, str]) -> None:
         """Let `request` (a `request_key`) find the tile stored under `key`, with these response headers."""
         self.cache.set(request, json.dumps({"key": key, "headers": headers}))
