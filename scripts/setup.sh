@@ -4,7 +4,8 @@
 #
 #   1. Debian packages (apt-get, only those missing; `apt-get update` once, only if needed):
 #      chromium + chromium-driver + fonts-liberation (browser tests), slurmctld slurmd
-#      slurm-client munge (local SLURM cluster), procps, python3.11 + venv if missing,
+#      slurm-client munge (local SLURM cluster), nginx-light (reverse proxy in front of several servers),
+#      postgresql-15 postgresql-15-postgis-3 (PostgreSQL catalog), procps, python3.11 + venv if missing,
 #      nodejs + npm if `npm` is missing. Always --no-install-recommends.
 #      JEO_SKIP_APT=1 skips this step (machines without root): missing ones are only reported.
 #   2. .venv (python3.11 -m venv; JEO_PYTHON=/path/to/python3.11 to choose another interpreter)
@@ -25,7 +26,8 @@ PY=${JEO_PYTHON:-python3.11}
 # ---------------------------------------------------------------- 1. Debian packages
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-want=(chromium chromium-driver fonts-liberation slurmctld slurmd slurm-client munge procps)
+want=(chromium chromium-driver fonts-liberation slurmctld slurmd slurm-client munge procps
+      nginx-light postgresql-15 postgresql-15-postgis-3)
 if ! command -v "$PY" >/dev/null 2>&1; then
   want+=(python3.11 python3.11-venv)
 elif ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -53,8 +55,8 @@ else
   export DEBIAN_FRONTEND=noninteractive
   "${SUDO[@]}" apt-get update -qq
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # munge's/slurm's postinst may try to start services: harmless (no systemd here); our
-  # cluster is started by scripts/slurm-start.sh with its own config and key.
+  # munge's/slurm's/nginx's/postgresql's postinst may try to start services: harmless (no systemd
+  # here); the tests start their own (scripts/slurm-start.sh, scale-out-start.sh, postgres-start.sh).
 fi
 
 # ---------------------------------------------------------------- 2. Python venv

@@ -55,8 +55,9 @@ def collections():
 @click.option("--port", default=lambda: get_settings().port, type=int, show_default="8000", help="Port.")
 @click.option("--workers", default=lambda: get_settings().workers, type=int, show_default="1", help="Processes.")
 def serve(host: str, port: int, workers: int):
-    """Serve the tile API (loopback by default)."""
-    serve_app(host, port, workers)
+    """Serve the tile API (loopback by default; behind a proxy see JEO_ROOT_PATH, JEO_FORWARDED_ALLOW_IPS)."""
+    settings = get_settings()
+    serve_app(host, port, workers, settings.root_path, settings.forwarded_allow_ips)
 
 
 @main.command()

@@ -15,6 +15,7 @@ from fastapi import Depends, Path, Query
 from pydantic import Field
 from rio_tiler.models import ImageData
 from rio_tiler.utils import CRS_to_uri
+from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
 from titiler.core.factory import MultiBaseTilerFactory, img_endpoint_params
@@ -98,7 +99,7 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             size = tilesize or 256 * scale
             with rasterio.Env(**env), self.reader(src_path, tms=tms) as src:
                 key = cache_key({
-                    "path": request.url.path, "size": size, "source": getattr(src_path, "selection", None),
+                    "path": get_route_path(request.scope), "size": size, "source": getattr(src_path, "selection", None),
                     "catalog": src.cache_token(x, y, z), "tile": tile_params.as_dict(), "layer": layer_params.as_dict(),
                     "dataset": dataset_params.as_dict(), "render": render_params.as_dict(), "colormap": colormap,
                 })
@@ -177,7 +178,7 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             with self.reader(src_path, tms=tms) as src:
                 return {
                     "tilejson": "3.0.0",
-                    "name": request.url.path.rsplit("/", 2)[0].removeprefix("/collections/"),
+                    "name": get_route_path(request.scope).rsplit("/", 2)[0].removeprefix("/collections/"),
                     "bounds": list(src.get_geographic_bounds(tms.rasterio_geographic_crs)),
                     "minzoom": src.minzoom if minzoom is None else minzoom,
                     "maxzoom": src.maxzoom if maxzoom is None else maxzoom,

@@ -9,6 +9,7 @@ import re
 import time
 from urllib.parse import parse_qsl, urlencode
 
+from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,7 +39,7 @@ class PresetMiddleware:
                 self._expand_preset(scope)
             except JeoError as error:
                 status = 404 if isinstance(error, NotFound) else 400
-                if scope["path"].startswith("/wmts"):
+                if get_route_path(scope).startswith("/wmts"):
                     locator = getattr(error, "parameter", None) or getattr(error, "kind", "")
                     code = "InvalidParameterValue" if status == 400 else "TileOutOfRange"
                     response = wmts.exception_report(code, locator, str(error), status)
@@ -51,10 +52,11 @@ class PresetMiddleware:
     @staticmethod
     def _set_target(scope: Scope, target: str) -> None:
         path, _, query = target.partition("?")
+        path = scope.get("root_path", "") + path  # the ASGI path includes the root path (behind a proxy)
         scope["path"], scope["raw_path"], scope["query_string"] = path, path.encode(), query.encode()
 
     def _rewrite_wmts(self, scope: Scope) -> None:
-        path = scope["path"]
+        path = get_route_path(scope)
         if path == "/wmts":
             params = {k.lower(): v for k, v in parse_qsl(scope["query_string"].decode(), keep_blank_values=True)}
             if params.get("request", "").lower() == "gettile":
@@ -67,7 +69,7 @@ class PresetMiddleware:
             self._set_target(scope, wmts.tile_target(Request(scope), params))
 
     def _expand_preset(self, scope: Scope) -> None:
-        match = COLLECTION_PATH.match(scope["path"])
+        match = COLLECTION_PATH.match(get_route_path(scope))
         if not match:
             return
         query = parse_qsl(scope["query_string"].decode(), keep_blank_values=True)
@@ -100,14 +102,14 @@ class CachedTileMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state if scope["type"] == "http" else None
-        if state is not None and scope["method"] == "GET" and state.tile_cache.enabled and (match := TILE_PATH.match(scope["path"])):
+        if state is not None and scope["method"] == "GET" and state.tile_cache.enabled and (match := TILE_PATH.match(get_route_path(scope))):
             started = time.perf_counter()
             try:
                 version = state.catalog.version(match["collection"])
             except NotFound:
                 version = None
             if version is not None:
-                shortcut = request_key(scope["path"], scope["query_string"].decode(), version)
+                shortcut = request_key(match.string, scope["query_string"].decode(), version)
                 if (found := state.tile_cache.lookup(shortcut)) is not None:
                     await self._cached(scope, found, started)(scope, receive, send)
                     return

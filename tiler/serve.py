@@ -45,8 +45,12 @@ class NoDelayConfig(uvicorn.Config):
         return sock
 
 
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve `tiler.main:app` with `workers` processes (GDAL env and MALLOC_ARENA_MAX set first)."""
+def serve(host: str, port: int, workers: int, root_path: str = "", forwarded_allow_ips: str = "127.0.0.1") -> None:
+    """Serve `tiler.main:app` with `workers` processes (GDAL env and MALLOC_ARENA_MAX set first).
+
+    Behind a reverse proxy, `root_path` is the public path prefix the proxy strips, and the proxies in
+    `forwarded_allow_ips` are trusted for `X-Forwarded-Proto`/`-For` (the public host is the `Host` header).
+    """
     if "MALLOC_ARENA_MAX" not in os.environ:
         # glibc reads it at start-up: re-execute this command with it set.
         os.environ["MALLOC_ARENA_MAX"] = "2"
@@ -54,7 +58,8 @@ def serve(host: str, port: int, workers: int) -> None:
     for name, value in GDAL_ENV.items():
         os.environ.setdefault(name, value)
     config = NoDelayConfig(
-        "tiler.main:app", host=host, port=port, workers=workers, log_level="info", log_config=LOG_CONFIG
+        "tiler.main:app", host=host, port=port, workers=workers, log_level="info", log_config=LOG_CONFIG,
+        root_path=root_path.rstrip("/"), proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips,
     )
     server = uvicorn.Server(config)
     sock = config.bind_socket()

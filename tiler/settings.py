@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="`jeo serve` bind address.")
     port: int = Field(8000, description="`jeo serve` port.")
     workers: int = Field(1, description="`jeo serve` worker processes.")
+    root_path: str = Field(
+        "", description="Public path prefix when served behind a reverse proxy that strips it (e.g. `/jeo`): "
+        "links, TileJSON and WMTS URLs carry it (uvicorn's `root_path`)."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Comma-separated proxy addresses or networks whose `X-Forwarded-Proto`/`-For` "
+        "are trusted (uvicorn's `forwarded_allow_ips`; `*` trusts every client)."
+    )
     attribution: str = Field("Contains modified Copernicus Sentinel data", description="TileJSON/WMTS attribution.")
     cors_origins: str = Field("*", description="Comma-separated allowed CORS origins.")
     composite_max_items: int = Field(20, description="Default number of scenes per composite tile (`max_items`).")
