@@ -1,6 +1,6 @@
-"""Pure array algorithms for Earth-observation tiles: composites, indices, band math, masks and
-radiometric corrections. No I/O: numpy arrays in, numpy arrays out. Layouts, dtypes, units and
-nodata rules are in each module's docstring.
+"""Pure array algorithms for Earth-observation tiles: composites, indices, band math, masks,
+radiometric corrections and area statistics. No I/O: numpy arrays in, numpy arrays out. Layouts,
+dtypes, units and nodata rules are in each module's docstring.
 
 The numba kernels are compiled on first use for each input dtype and cached on disk
 (``__pycache__``, or ``NUMBA_CACHE_DIR``); :func:`warmup` compiles or loads them all up front.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from algorithms import composite, corrections, expression, indices, masks
+from algorithms import composite, corrections, expression, indices, masks, statistics
 
-__all__ = ["composite", "corrections", "expression", "indices", "masks", "warmup"]
+__all__ = ["composite", "corrections", "expression", "indices", "masks", "statistics", "warmup"]
 
 
 def warmup(
@@ -42,3 +42,6 @@ def warmup(
     for spec in indices.INDICES.values():
         spec.function(*[reflectance] * len(spec.bands))
     masks.dilate_invalid(valid, 1)
+    statistics.band_statistics(reflectance[np.newaxis], bins=2)
+    statistics.band_statistics(reflectance[np.newaxis], bins=[0.0, 0.5, 1.0])
+    statistics.zonal_summary(reflectance[np.newaxis, np.newaxis], valid[:1], valid[:1], valid[0])

@@ -15,7 +15,9 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.composite import CloudMask, Compositing, Selection, candidates, composite, explain_point
+from mosaics.composite import (
+    CloudMask, Compositing, Observations, Selection, candidates, composite, explain_point, observe,
+)
 from mosaics.corrections import Corrector
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
@@ -36,9 +38,10 @@ class CollectionStack:
     minzoom: int = 0
     max_bytes: int = 512 * 2**20
 
-    def latest(self) -> Item | None:
-        """The newest item matching the selection's dates (for grid and default-mask decisions)."""
-        found = self.catalog.search(self.collection.id, datetime=self.selection.datetime, limit=1)
+    def latest(self, intersects: dict[str, Any] | None = None) -> Item | None:
+        """The newest item matching the selection's dates (and touching `intersects`, GeoJSON in EPSG:4326), for
+        grid and default-mask decisions."""
+        found = self.catalog.search(self.collection.id, intersects=intersects, datetime=self.selection.datetime, limit=1)
         return found[0] if found else None
 
 
@@ -103,14 +106,25 @@ class CollectionReader(SpatialMixin):
     ) -> ImageData:
         """A composite tile; `metadata` carries the items used, read and skipped, and stage timings."""
         recipe = Recipe.from_params(assets, expression, index)
-        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
-        compositing = Compositing(method, p, mask, mask_dilation, provenance, correction)
+        compositing = self.compositing(method, p, cloud_mask, mask_dilation, provenance, correction)
         if tile_z < self.minzoom:
             raise InvalidParameter("z", f"composites of {self.input.collection.id} start at zoom {self.minzoom}")
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside collection {self.input.collection.id}")
-        self._check_memory(recipe, compositing, tilesize)
         grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, read_options.pop("buffer", 0) or 0)
+        return self.read_grid(grid, recipe, compositing, **read_options)
+
+    def compositing(
+        self, method: str = "median", p: float | None = None, cloud_mask: str | None = None, mask_dilation: int = 0,
+        provenance: bool = False, correction: str = "none",
+    ) -> Compositing:
+        """The compositing parameters, with the collection's default cloud mask when none is given."""
+        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
+        return Compositing(method, p, mask, mask_dilation, provenance, correction)
+
+    def read_grid(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> ImageData:
+        """The composite on any grid (a tile, an area subset); `metadata` as for tiles."""
+        self._check_memory(recipe, compositing, grid.width * grid.height)
         result = composite(
             self.input.catalog, self.input.collection.id, grid,
             recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
@@ -129,6 +143,14 @@ class CollectionReader(SpatialMixin):
             },
         )
 
+    def observe(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> Observations:
+        """Every selected scene's usable values on `grid`, not composited (time series, per-date statistics)."""
+        self._check_memory(recipe, compositing, grid.width * grid.height)
+        return observe(
+            self.input.catalog, self.input.collection.id, grid,
+            recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
+        )
+
     def point(
         self, lon: float, lat: float, assets: list[str] | None = None, expression: str | None = None,
         index: str | None = None, cloud_mask: str | None = None, correction: str = "none", **_: Any,
@@ -136,19 +158,18 @@ class CollectionReader(SpatialMixin):
         """Candidate scenes' values and mask state at a point, and the result and choice of each method."""
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
-        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
         return explain_point(
             self.input.catalog, self.input.collection.id, lon, lat, Recipe.from_params(assets, expression, index),
-            Compositing(cloud_mask=mask, correction=correction), self.input.selection, self.input.pool,
+            self.compositing(cloud_mask=cloud_mask, correction=correction), self.input.selection, self.input.pool,
             self.input.corrector,
         )
 
-    def _check_memory(self, recipe: Recipe, compositing: Compositing, tilesize: int) -> None:
-        """items × bands × tile pixels × 4 bytes must stay within `max_bytes`."""
+    def _check_memory(self, recipe: Recipe, compositing: Compositing, pixels: int) -> None:
+        """items × bands × pixels × 4 bytes must stay within `max_bytes`."""
         bands = len(recipe.names) + (2 if compositing.method == "max_ndvi" else 0) + 1
-        needed = self.input.selection.max_items * bands * tilesize * tilesize * 4
+        needed = self.input.selection.max_items * bands * pixels * 4
         if needed > self.input.max_bytes:
             raise InvalidParameter(
-                "max_items", f"{self.input.selection.max_items} items × {bands} bands × {tilesize}² px × 4 B = "
+                "max_items", f"{self.input.selection.max_items} items × {bands} bands × {pixels:,} px × 4 B = "
                 f"{needed / 2**20:.0f} MiB exceeds the {self.input.max_bytes / 2**20:.0f} MiB per-request limit",
             )

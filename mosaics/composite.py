@@ -243,6 +243,75 @@ def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray,
     raise InvalidParameter("method", method)
 
 
+@dataclass
+class Observations:
+    """The selected scenes' usable values on a grid (or at a point), before compositing."""
+
+    items: list[Item]  # candidates in selection order
+    names: list[str]  # band names, in the order of each scene's `bands`
+    scenes: list[Observation]  # the scenes read, in selection order
+    skipped: dict[str, str]  # item id → reason
+    timings: Timings
+
+    @property
+    def read(self) -> list[str]:
+        """Ids of the items read (skipped ones included)."""
+        return [s.item.id for s in self.scenes] + list(self.skipped)
+
+
+def observe(
+    catalog: Catalog,
+    collection_id: str,
+    grid: Grid | tuple[float, float],
+    recipe: Recipe,
+    compositing: Compositing,
+    selection: Selection,
+    pool: ThreadPoolExecutor,
+    read_options: dict | None = None,
+    corrector: Corrector | None = None,
+) -> Observations:
+    """Read every selected scene that touches `grid` (or a (lon, lat) point): physical bands, masks, corrections.
+
+    Unreadable scenes are skipped and reported. With `method=first`, scenes are read in order, in batches of
+    1, 2, 4, …, until every pixel has a usable observation.
+    """
+    timings = Timings()
+    read_options = read_options or {}
+    corrector = corrector or Corrector()
+    point = not isinstance(grid, Grid)
+    margin = 0 if point else compositing.mask_dilation  # dilation sees the masks beyond the grid's edge
+    read_window = point_read(*grid) if point else grid_read(grid, margin)
+    with timings.stage("catalog"):
+        items = candidates(catalog, collection_id, grid, selection)
+    if not items:
+        raise NotFound("items", collection_id, "no scene matches the area and filters")
+    scenes: list[Observation] = []
+    skipped: dict[str, str] = {}
+
+    def read(item: Item) -> Observation | None:
+        try:
+            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options, margin)
+        except SceneReadError as error:
+            logger.warning("skipping scene: %s", error)
+            skipped[item.id] = str(error)
+            return None
+
+    with timings.stage("read"):
+        if compositing.method == "first":
+            filled, start, batch = None, 0, 1
+            while start < len(items) and (filled is None or not filled.all()):
+                for scene in pool.map(read, items[start:start + batch]):
+                    if scene is not None:
+                        scenes.append(scene)
+                        filled = scene.valid.copy() if filled is None else filled | scene.valid
+                start, batch = start + batch, batch * 2
+        else:
+            scenes = [s for s in pool.map(read, items) if s is not None]
+    if not scenes:
+        raise SceneReadError(",".join(skipped) or "-", "*", "every scene of the tile failed to read")
+    return Observations(items, list(_keys(recipe, compositing, items[0])), scenes, skipped, timings)
+
+
 def composite(
     catalog: Catalog,
     collection_id: str,
@@ -258,44 +327,8 @@ def composite(
 
     Unreadable scenes are skipped and reported.
     """
-    timings = Timings()
-    read_options = read_options or {}
-    corrector = corrector or Corrector()
-    point = not isinstance(grid, Grid)
-    margin = 0 if point else compositing.mask_dilation  # dilation sees the masks beyond the grid's edge
-    read_window = point_read(*grid) if point else grid_read(grid, margin)
-    with timings.stage("catalog"):
-        items = candidates(catalog, collection_id, grid, selection)
-    if not items:
-        raise NotFound("items", collection_id, "no scene matches the area and filters")
-    keys = _keys(recipe, compositing, items[0])
-    names = list(keys)
-    scenes: list[Observation] = []
-    skipped: dict[str, str] = {}
-
-    def read(item: Item) -> Observation | None:
-        try:
-            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options, margin)
-        except SceneReadError as error:
-            logger.warning("skipping scene: %s", error)
-            skipped[item.id] = str(error)
-            return None
-
-    with timings.stage("read"):
-        if compositing.method == "first":
-            # Read in order, in batches of 1, 2, 4, … and stop once every pixel has a usable observation.
-            filled, start, batch = None, 0, 1
-            while start < len(items) and (filled is None or not filled.all()):
-                for scene in pool.map(read, items[start:start + batch]):
-                    if scene is not None:
-                        scenes.append(scene)
-                        filled = scene.valid.copy() if filled is None else filled | scene.valid
-                start, batch = start + batch, batch * 2
-        else:
-            scenes = [s for s in pool.map(read, items) if s is not None]
-    read_ids = [s.item.id for s in scenes] + list(skipped)
-    if not scenes:
-        raise SceneReadError(",".join(skipped) or "-", "*", "every scene of the tile failed to read")
+    observed = observe(catalog, collection_id, grid, recipe, compositing, selection, pool, read_options, corrector)
+    items, names, scenes, timings = observed.items, observed.names, observed.scenes, observed.timings
     with timings.stage("mask"):
         stack = np.stack([s.bands for s in scenes])
         valid = np.stack([s.valid for s in scenes])
@@ -314,12 +347,13 @@ def composite(
         if compositing.provenance:
             values = np.where(index >= 0, index, np.nan).astype(np.float32)[np.newaxis]
             descriptions = ["provenance"]
+    point = not isinstance(grid, Grid)
     return CompositeResult(
         values=values,
         descriptions=descriptions,
         items=items,
-        read=read_ids,
-        skipped=skipped,
+        read=observed.read,
+        skipped=observed.skipped,
         index=index,
         bounds=(grid[0], grid[1], grid[0], grid[1]) if point else grid.bounds,
         crs=CRS.from_epsg(4326) if point else grid.crs,

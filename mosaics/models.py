@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,11 @@ class Asset:
         """True for GeoTIFF/COG assets."""
         return bool(self.bands) or (self.media_type or "").startswith("image/tiff")
 
+    @property
+    def is_gridded(self) -> bool:
+        """A raster with projection metadata (`proj:epsg`, `proj:transform`, `proj:shape`)."""
+        return bool(self.is_raster and self.epsg and self.transform and self.shape)
+
 
 @dataclass(frozen=True)
 class Item:
@@ -82,6 +88,14 @@ class Item:
                     if candidate in getattr(asset, attribute):
                         return asset
         raise NotFound("asset", name, f"item '{self.id}' has {', '.join(self.assets)}")
+
+    def grid_asset(self, keys: Sequence[str] = ()) -> Asset | None:
+        """The finest gridded asset among the asset keys `keys`, else among all assets (None if there is none)."""
+        for pool in ([self.assets[k] for k in keys], self.assets.values()):
+            gridded = [a for a in pool if a.is_gridded]
+            if gridded:
+                return min(gridded, key=lambda a: abs(a.transform[0]))
+        return None
 
 
 @dataclass(frozen=True)

@@ -125,12 +125,6 @@ def read_pixel(item: Item, keys: Sequence[str], lon: float, lat: float, nodata: 
     return np.ma.concatenate(values)
 
 
-def _native_grid(item: Item) -> Asset | None:
-    """The finest raster asset that carries projection metadata."""
-    gridded = [a for a in item.assets.values() if a.is_raster and a.epsg and a.transform and a.shape]
-    return min(gridded, key=lambda a: abs(a.transform[0]), default=None)
-
-
 @attr.s
 class SceneReader(MultiBaseReader):
     """Read one item's assets as physical values and evaluate a `Recipe` on them."""
@@ -145,7 +139,7 @@ class SceneReader(MultiBaseReader):
         item = self.input
         self.reader = PooledReader
         self.assets = [key for key, asset in item.assets.items() if asset.is_raster]
-        grid = _native_grid(item)
+        grid = item.grid_asset()
         if grid is not None:
             self.crs = CRS.from_epsg(grid.epsg)
             self.transform = Affine(*grid.transform[:6])
@@ -216,7 +210,10 @@ class SceneReader(MultiBaseReader):
         recipe = Recipe.from_params(assets, expression, index)
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside the footprint of item '{self.input.id}'")
-        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer or 0)
+        return self.read_grid(Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer or 0), recipe, **kwargs)
+
+    def read_grid(self, grid: Grid, recipe: Recipe, **kwargs: Any) -> ImageData:
+        """The recipe's output bands on any grid (a tile, an area subset), read like tiles."""
         keys = recipe.resolve(self.input)
         raw = read_window(self.input, list(dict.fromkeys(keys.values())), grid, **kwargs)
         return self._output(recipe, keys, raw, grid.bounds, grid.crs)

@@ -301,3 +301,39 @@ def nearest_tile(path, tms, tile, size: int = 256, band: int = 1, buffer: int = 
     if nodata is not None:
         mask |= np.isnan(values) if math.isnan(nodata) else values == nodata
     return np.ma.MaskedArray(values, mask=mask)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def band_statistics(values, inside, percentiles=(2, 98), bins=10, histogram_range=None):
+    """Per band: numpy's reductions on the float64 copy of the finite values inside."""
+    out = []
+    for band in values:
+        sample = band[np.asarray(inside, bool) & np.isfinite(band)].astype(np.float64)
+        if sample.size:
+            stats = {"count": sample.size, "min": sample.min(), "max": sample.max(), "mean": sample.mean(),
+                     "sum": sample.sum(), "std": sample.std(), "median": np.percentile(sample, 50),
+                     "percentiles": {p: np.percentile(sample, p) for p in percentiles}}
+        else:
+            stats = {"count": 0, **{k: np.nan for k in ("min", "max", "mean", "std", "median")}, "sum": 0.0,
+                     "percentiles": {p: np.nan for p in percentiles}}
+        counts, edges = np.histogram(sample, bins=bins, range=histogram_range)
+        stats["histogram"] = (counts.tolist(), edges.tolist())
+        out.append(stats)
+    return out
+
+
+def zonal_summary(values, valid, data, inside):
+    """Per date: nanmean of each band over inside & data & valid, and the pixel counts."""
+    inside = np.asarray(inside, bool)
+    usable = inside & data & valid
+    means = np.full(values.shape[:2], np.nan)
+    for t in range(values.shape[0]):
+        for b in range(values.shape[1]):
+            sample = values[t, b][usable[t]].astype(np.float64)
+            sample = sample[np.isfinite(sample)]
+            if sample.size:
+                means[t, b] = sample.mean()
+    return {"mean": means, "usable": usable.sum(axis=(1, 2)), "masked": (inside & data & ~valid).sum(axis=(1, 2)),
+            "missing": (inside & ~data).sum(axis=(1, 2)), "pixels": int(inside.sum())}

@@ -11,9 +11,9 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import algorithms
-from algorithms import composite, corrections, expression, indices, masks
+from algorithms import composite, corrections, expression, indices, masks, statistics
 
-MODULES = (composite, corrections, expression, indices, masks)
+MODULES = (composite, corrections, expression, indices, masks, statistics)
 DISPATCHERS = [(m.__name__, name, obj) for m in MODULES for name, obj in vars(m).items()
                if isinstance(obj, CPUDispatcher)]
 

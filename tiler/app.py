@@ -21,6 +21,7 @@ from tiler.cache import NoCache, TileCache
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
 from tiler.middleware import CachedTileMiddleware, PresetMiddleware
 from tiler.presets import PresetRegistry
+from tiler.processing import CompositeProcessingFactory, ItemProcessingFactory
 from tiler.settings import Settings, get_settings
 from tiler.tms import supported_tms
 
@@ -76,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items.router, prefix=ITEM_PREFIX, tags=["Item tiles"])
     composites = CompositeTilerFactory(router_prefix=COLLECTION_PREFIX, supported_tms=app.state.tms)
     app.include_router(composites.router, prefix=COLLECTION_PREFIX, tags=["Composite tiles"])
+    item_processing = ItemProcessingFactory(router_prefix=ITEM_PREFIX, supported_tms=app.state.tms)
+    app.include_router(item_processing.router, prefix=ITEM_PREFIX, tags=["Item processing"])
+    processing = CompositeProcessingFactory(router_prefix=COLLECTION_PREFIX, supported_tms=app.state.tms)
+    app.include_router(processing.router, prefix=COLLECTION_PREFIX, tags=["Processing"])
     app.include_router(TMSFactory(supported_tms=app.state.tms).router, tags=["Tile matrix sets"])
     app.include_router(wmts.router, tags=["OGC WMTS"])
     app.include_router(viewer.router, tags=["Viewer"])

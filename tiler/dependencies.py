@@ -115,15 +115,9 @@ def CollectionStackParams(
 
 
 @dataclass
-class CompositeParams(RecipeParams):
-    """How the scenes are composited per pixel."""
+class MaskParams(RecipeParams):
+    """Which observations of each scene are usable, and how each scene is corrected."""
 
-    method: Annotated[
-        Literal[METHODS],
-        Query(description="Per-pixel compositing: first (in sortby order), median, percentile (with `p`), mean, "
-              "max_ndvi (greenest observation), medoid, geomedian (Weiszfeld), count (usable observations)."),
-    ] = "median"
-    p: Annotated[float | None, Query(ge=0, le=100, description="Percentile for method=percentile.")] = None
     cloud_mask: Annotated[
         str | None,
         Query(description="Unusable pixels: `scl` (Sentinel-2 classes 0, 1, 3, 8, 9, 10), "
@@ -136,6 +130,18 @@ class CompositeParams(RecipeParams):
               "s2_harmonize (Sentinel-2 baseline ≥ 04.00 offset), toa (Landsat L1 DN → TOA reflectance, MTL), "
               "dos (DOS1 dark-object subtraction on TOA, dark values once per scene)."),
     ] = "none"
+
+
+@dataclass
+class CompositeParams(MaskParams):
+    """How the scenes are composited per pixel."""
+
+    method: Annotated[
+        Literal[METHODS],
+        Query(description="Per-pixel compositing: first (in sortby order), median, percentile (with `p`), mean, "
+              "max_ndvi (greenest observation), medoid, geomedian (Weiszfeld), count (usable observations)."),
+    ] = "median"
+    p: Annotated[float | None, Query(ge=0, le=100, description="Percentile for method=percentile.")] = None
     provenance: Annotated[
         bool, Query(description="Return the index of the chosen scene per pixel (selecting methods) instead of values.")
     ] = False

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         "public, max-age=300", description="Cache-Control of composite tiles over open or default date ranges."
     )
     read_threads: int = Field(8, description="Threads per process reading scene windows (GDAL releases the GIL).")
+    processing_max_pixels: int = Field(
+        4096 * 4096, description="Largest output grid of an area subset, statistics or time series (width × height)."
+    )
 
     # --- exports (tiler/exports) ---
     export_root: Path | None = Field(None, description="Export results named by a plain `destination`; default `$JEO_HOME/exports`.")
