@@ -142,6 +142,8 @@ class AreaRoutes:
     def render(self, image: ImageData, format: ImageType | None, colormap: Any, render_params: Any) -> Response:
         content, media_type = self.render_func(image, output_format=format, colormap=colormap, **render_params.as_dict())
         headers = tile_headers(image, (image.metadata or {}).get("timings") or {})
+        if not headers["Server-Timing"]:
+            del headers["Server-Timing"]
         headers["X-Band-Names"] = json.dumps(list(image.band_descriptions))
         if "datetime" in (image.metadata or {}):
             headers["X-Datetime"] = image.metadata["datetime"]
