@@ -13,7 +13,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS collections (
     start_datetime TEXT,                           -- extent.temporal.interval[0], NULL if absent or open
     end_datetime   TEXT,
     stac           TEXT NOT NULL,                  -- the collection JSON
-    version        TEXT NOT NULL                   -- hash of the collection JSON and its items' versions
+    version        TEXT NOT NULL,                  -- hash of the collection JSON and its items' versions
+    access         TEXT NOT NULL DEFAULT 'public'  -- public or restricted (tiler.access); kept by ingest
 );
 
 CREATE TABLE IF NOT EXISTS items (
@@ -80,6 +81,9 @@ CREATE TABLE IF NOT EXISTS assets (
 );
 """
 
+# Columns added after the first release: added to existing databases when they are opened.
+ADDED_COLUMNS = {("collections", "access"): "TEXT NOT NULL DEFAULT 'public'"}
+ACCESS_LEVELS = ("public", "restricted")
 SORT_COLUMNS = {"datetime": "datetime", "eo:cloud_cover": "cloud_cover", "id": "id"}
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _EPSG_4326 = CRS.from_epsg(4326)
@@ -100,6 +104,43 @@ class IngestReport:
     items_unchanged: int
 
 
+def connect(path: str | Path, schema: str, added_columns: dict[tuple[str, str], str] | None = None) -> sqlite3.Connection:
+    """A connection to the catalog's SQLite file (autocommit, WAL, rows by name, shareable between threads
+    under a lock) with `schema` created and the (table, column): definition pairs of `added_columns` added
+    where a database created by an older version lacks them."""
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(schema)
+    add_columns(db, added_columns or {})
+    return db
+
+
+def add_columns(db: sqlite3.Connection, columns: dict[tuple[str, str], str]) -> None:
+    """`ALTER TABLE … ADD COLUMN` what `db` lacks of `columns`, in one transaction (concurrent openers add each once)."""
+
+    def missing() -> list[tuple[str, str]]:
+        return [(t, c) for t, c in columns if c not in {r[1] for r in db.execute(f"PRAGMA table_info({t})")}]
+
+    if missing():
+        with transaction(db, threading.RLock()):
+            for table, column in missing():
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {columns[table, column]}")
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` … `COMMIT` under `lock` (`ROLLBACK` on any error)."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
 def _to_text(dt: datetime | None) -> str | None:
     return None if dt is None else dt.astimezone(timezone.utc).strftime(_TIME_FORMAT)
 
@@ -117,36 +158,29 @@ class Catalog:
 
     def __init__(self, path: str | Path):
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(SCHEMA)
+        self._db = connect(path, SCHEMA, ADDED_COLUMNS)
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     # --- ingest --------------------------------------------------------------------------------
 
-    def ingest(self, source: str | Path) -> IngestReport:
+    def ingest(self, source: str | Path, access: str | None = None) -> IngestReport:
         """Upsert the catalog, collection or item at `source` (path, s3:// URL or directory with catalog.json).
 
         Everything is read and validated before anything is written, in one transaction: on any
-        error (`CatalogError` naming file and field) the database is left as it was.
+        error (`CatalogError` naming file and field) the database is left as it was. With `access`,
+        the collections read get that access level in the same transaction (a new restricted
+        collection is never visible as public); without it, new collections are public and known
+        ones keep theirs.
         """
+        if access is not None:
+            _check_access(access)
         walk = stac.walk(source)
         added = updated = unchanged = 0
         with self._transaction() as db:
@@ -156,6 +190,8 @@ class Catalog:
                     raise CatalogError(walk.item_files[key], "collection", f"unknown collection '{item.collection}'")
             for collection in walk.collections.values():
                 self._upsert_collection(db, collection)
+                if access is not None:
+                    db.execute("UPDATE collections SET access = ? WHERE id = ?", (access, collection.id))
             for item in walk.items.values():
                 row = db.execute(
                     "SELECT pk, version FROM items WHERE collection = ? AND id = ?", (item.collection, item.id)
@@ -270,11 +306,25 @@ class Catalog:
 
     def version(self, collection_id: str) -> str:
         """Changes whenever the collection or any of its items changes (for cache keys); raises NotFound."""
+        return self._column(collection_id, "version")
+
+    def access(self, collection_id: str) -> str:
+        """The collection's access level, `public` or `restricted`; raises NotFound."""
+        return self._column(collection_id, "access")
+
+    def _column(self, collection_id: str, column: str) -> Any:
         with self._lock:
-            row = self._db.execute("SELECT version FROM collections WHERE id = ?", (collection_id,)).fetchone()
+            row = self._db.execute(f"SELECT {column} FROM collections WHERE id = ?", (collection_id,)).fetchone()
         if row is None:
             raise NotFound("collection", collection_id)
         return row[0]
+
+    def set_access(self, collection_id: str, access: str) -> None:
+        """Make the collection `public` or `restricted`; raises NotFound."""
+        _check_access(access)
+        with self._transaction() as db:
+            if db.execute("UPDATE collections SET access = ? WHERE id = ?", (access, collection_id)).rowcount == 0:
+                raise NotFound("collection", collection_id)
 
     def _require_collection(self, collection_id: str) -> None:
         with self._lock:
@@ -377,6 +427,7 @@ class Catalog:
             bbox=bbox,
             interval=(start and _from_text(start), end and _from_text(end)),
             stac=json.loads(row["stac"]),
+            access=row["access"],
         )
 
     def _items(self, rows: list[sqlite3.Row]) -> list[Item]:
@@ -387,6 +438,11 @@ class Catalog:
             ):
                 assets[asset["item"]][asset["key"]] = asset
         return [_item(row, assets[row["pk"]]) for row in rows]
+
+
+def _check_access(access: str) -> None:
+    if access not in ACCESS_LEVELS:
+        raise InvalidParameter("access", f"'{access}' is not one of {', '.join(ACCESS_LEVELS)}")
 
 
 def _item(row: sqlite3.Row, asset_rows: dict[str, sqlite3.Row]) -> Item:

@@ -108,3 +108,4 @@ class Collection:
     bbox: tuple[float, float, float, float] | None
     interval: tuple[datetime | None, datetime | None]
     stac: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    access: str = "public"  # or "restricted": visible only to callers with a grant (tiler.access)

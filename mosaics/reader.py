@@ -152,7 +152,7 @@ class SceneReader(MultiBaseReader):
         self._footprint = prep(shape(item.geometry))
 
     def _get_asset_info(self, asset: str) -> AssetInfo:
-        meta = self.input.assets[asset]
+        meta = self.input.asset(asset)  # NotFound (404) names an unknown asset
         nodata = asset_nodata(meta)
         options: dict[str, Any] = {} if nodata is None else {"nodata": nodata}
         return AssetInfo(

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TMSFactory
@@ -15,6 +15,7 @@ import algorithms
 from mosaics.catalog import Catalog
 from mosaics.corrections import Corrector
 from tiler import __version__, errors, stac_api, viewer, wmts
+from tiler.access import AccessMiddleware, catalog_view
 from tiler.exports import api as exports_api
 from tiler.exports.service import ExportService
 from tiler.cache import NoCache, TileCache
@@ -24,6 +25,7 @@ from tiler.presets import PresetRegistry
 from tiler.processing import CompositeProcessingFactory, ItemProcessingFactory
 from tiler.settings import Settings, get_settings
 from tiler.tms import supported_tms
+from tiler.tokens import TokenStore
 
 ITEM_PREFIX = "/collections/{collection_id}/items/{item_id}"
 COLLECTION_PREFIX = "/collections/{collection_id}"
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = catalog
+    app.state.tokens = TokenStore(settings.database_path)
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))
     app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")
@@ -91,11 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static/jeo", StaticFiles(packages=[("tiler", "static")]), name="jeo")
 
     @app.get("/healthz", tags=["Health"], summary="Liveness and catalog reachability.")
-    def healthz():
-        return {"status": "ok", "collections": len(catalog.collections()), "version": __version__}
+    def healthz(request: Request):
+        return {"status": "ok", "collections": len(catalog_view(request).collections()), "version": __version__}
 
     app.add_middleware(CachedTileMiddleware)
     app.add_middleware(PresetMiddleware)
+    app.add_middleware(AccessMiddleware)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]
     )

@@ -10,12 +10,12 @@ from rio_tiler.types import RIOResampling, WarpResampling
 from titiler.core.dependencies import DefaultDependency
 
 from algorithms.indices import INDICES
-from mosaics.catalog import Catalog
 from mosaics.collection_reader import CollectionStack
 from mosaics.composite import METHODS, Selection
 from mosaics.corrections import CORRECTIONS
 from mosaics.errors import InvalidParameter
 from mosaics.models import Item
+from tiler.access import CatalogView, catalog_view
 from tiler.params import parse_datetime
 
 INDEX_DOC = "Named spectral index, on physical values: " + "; ".join(
@@ -23,9 +23,9 @@ INDEX_DOC = "Named spectral index, on physical values: " + "; ".join(
 )
 
 
-def get_catalog(request: Request) -> Catalog:
-    """The application's catalog."""
-    return request.app.state.catalog
+def get_catalog(request: Request) -> CatalogView:
+    """The catalog as the caller sees it: restricted collections without a grant are unknown (404)."""
+    return catalog_view(request)
 
 
 def ItemPathParams(

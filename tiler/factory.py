@@ -24,6 +24,7 @@ from titiler.core.resources.enums import ImageType
 
 from mosaics.collection_reader import CollectionReader
 from mosaics.reader import SceneReader
+from tiler.access import token_query
 from tiler.cache import CachedTile, cache_key
 from tiler.dependencies import (
     CollectionStackParams,
@@ -173,7 +174,7 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
                 route["format"] = tile_format.value
             url = self.url_for(request, "tile", **route)
             drop = {"tile_format", "tile_scale", "minzoom", "maxzoom"}
-            query = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
+            query = [(k, v) for k, v in request.query_params.multi_items() if k not in drop] + token_query(request)
             tms = self.supported_tms.get(tileMatrixSetId)
             with self.reader(src_path, tms=tms) as src:
                 return {

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mosaics.errors import InvalidParameter, JeoError, NotFound
 from tiler import wmts
+from tiler.access import catalog_view
 from tiler.cache import request_key
 
 COLLECTION_PATH = re.compile(r"^/collections/(?P<collection>[^/]+)/(?P<items>items/)?")
@@ -80,12 +81,13 @@ class PresetMiddleware:
             raise InvalidParameter("preset", "give one preset")
         state = scope["app"].state
         preset = state.presets.get(match["collection"], names[0])
+        catalog = catalog_view(Request(scope))
         if preset.is_composite and match["items"]:
             raise InvalidParameter("preset", f"'{preset.id}' is a composite preset: use /collections/{match['collection']}/tiles/…")
         given = {k for k, _ in query}
         rest = [(k, v) for k, v in query if k != "preset"]
         defaults = preset.query()
-        if preset.is_composite and (latest := state.catalog.search(match["collection"], limit=1)):
+        if preset.is_composite and (latest := catalog.search(match["collection"], limit=1)):
             defaults.append(("datetime", preset.interval(latest[0].datetime)))
         expanded = [(k, v) for k, v in defaults if k not in given and v is not None]
         if given & {"assets", "expression", "index"}:
@@ -104,8 +106,8 @@ class CachedTileMiddleware:
         state = scope["app"].state if scope["type"] == "http" else None
         if state is not None and scope["method"] == "GET" and state.tile_cache.enabled and (match := TILE_PATH.match(get_route_path(scope))):
             started = time.perf_counter()
-            try:
-                version = state.catalog.version(match["collection"])
+            try:  # restricted collections without a grant are unknown here: never answered from the cache
+                version = catalog_view(Request(scope)).version(match["collection"])
             except NotFound:
                 version = None
             if version is not None:

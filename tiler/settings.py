@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     processing_max_pixels: int = Field(
         4096 * 4096, description="Largest output grid of an area subset, statistics or time series (width × height)."
     )
+    anonymous_exports: bool = Field(
+        True, description="Callers without a token may submit exports (shared by all of them); "
+        "set false on a shared server so that only tokens created with `--exports` can."
+    )
 
     # --- exports (tiler/exports) ---
     export_root: Path | None = Field(None, description="Export results named by a plain `destination`; default `$JEO_HOME/exports`.")

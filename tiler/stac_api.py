@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.requests import Request
 
-from mosaics.catalog import Catalog
 from mosaics.models import Collection, Item
+from tiler.access import CatalogView
 from tiler.dependencies import get_catalog
 from tiler.params import parse_bbox, parse_crs, parse_datetime
 
@@ -68,7 +68,7 @@ def landing(request: Request):
 
 
 @router.get("/collections", summary="List the registered collections.")
-def collections(request: Request, catalog: Annotated[Catalog, Depends(get_catalog)]):
+def collections(request: Request, catalog: Annotated[CatalogView, Depends(get_catalog)]):
     """All collections, STAC-shaped."""
     return {
         "collections": [collection_json(request, c) for c in catalog.collections()],
@@ -80,7 +80,7 @@ def collections(request: Request, catalog: Annotated[Catalog, Depends(get_catalo
 def collection(
     request: Request,
     collection_id: Annotated[str, Path(description="STAC collection id.")],
-    catalog: Annotated[Catalog, Depends(get_catalog)],
+    catalog: Annotated[CatalogView, Depends(get_catalog)],
 ):
     """One collection, STAC-shaped (404 when unknown)."""
     return collection_json(request, catalog.collection(collection_id))
@@ -90,7 +90,7 @@ def collection(
 def items(
     request: Request,
     collection_id: Annotated[str, Path(description="STAC collection id.")],
-    catalog: Annotated[Catalog, Depends(get_catalog)],
+    catalog: Annotated[CatalogView, Depends(get_catalog)],
     bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy in EPSG:4326 (or `bbox-crs`).")] = None,
     bbox_crs: Annotated[str, Query(alias="bbox-crs", description="CRS of `bbox`, e.g. EPSG:32633.")] = "EPSG:4326",
     datetime: Annotated[
@@ -120,7 +120,7 @@ def item(
     request: Request,
     collection_id: Annotated[str, Path(description="STAC collection id.")],
     item_id: Annotated[str, Path(description="STAC item id.")],
-    catalog: Annotated[Catalog, Depends(get_catalog)],
+    catalog: Annotated[CatalogView, Depends(get_catalog)],
 ):
     """One item, STAC-shaped (404 when unknown)."""
     return item_json(request, catalog.item(collection_id, item_id))

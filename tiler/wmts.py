@@ -23,6 +23,8 @@ from starlette.responses import Response
 from mosaics.errors import InvalidParameter, NotFound
 from mosaics.models import Item
 from mosaics.reader import SceneReader
+from tiler.access import token_query
+from tiler.dependencies import get_catalog
 from tiler.params import parse_datetime
 
 router = APIRouter()
@@ -63,6 +65,12 @@ def _date(item: Item) -> str:
 
 
 def layers(request: Request) -> list[Layer]:
+    """The layers of the collections the caller may see."""
+    visible = {collection.id for collection in get_catalog(request).collections()}
+    return [layer for layer in all_layers(request) if layer.collection_id in visible]
+
+
+def all_layers(request: Request) -> list[Layer]:
     """Every preset of every collection whose items have the preset's bands."""
     catalog, registry, tms_sets = request.app.state.catalog, request.app.state.presets, request.app.state.tms
     found: list[Layer] = []
@@ -104,9 +112,13 @@ def layers(request: Request) -> list[Layer]:
 
 
 def find_layer(request: Request, identifier: str) -> Layer:
-    """The layer called `identifier` (NotFound names it)."""
-    for layer in layers(request):
+    """The layer called `identifier` if the caller may see it (NotFound names it)."""
+    for layer in all_layers(request):
         if layer.identifier == identifier:
+            try:
+                get_catalog(request).collection(layer.collection_id)
+            except NotFound:
+                break
             return layer
     raise NotFound("layer", identifier)
 
@@ -137,7 +149,7 @@ def tile_target(request: Request, params: dict[str, str]) -> str:
             f"/collections/{layer.collection_id}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
             f"?{urlencode({'preset': layer.preset_id, 'datetime': interval})}"
         )
-    items = request.app.state.catalog.search(layer.collection_id, sortby=("-datetime",))
+    items = get_catalog(request).search(layer.collection_id, sortby=("-datetime",))
     item = next(i for i in items if _date(i) == time)
     return (
         f"/collections/{layer.collection_id}/items/{item.id}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
@@ -173,7 +185,7 @@ def _limits_xml(tms: TileMatrixSet, bbox: tuple[float, float, float, float], zoo
     return f"<TileMatrixSetLimits>{''.join(limits)}</TileMatrixSetLimits>"
 
 
-def _layer_xml(layer: Layer, base: str, tms_sets) -> str:
+def _layer_xml(layer: Layer, base: str, query: str, tms_sets) -> str:
     west, south, east, north = layer.bbox
     links = "".join(
         f"<TileMatrixSetLink><TileMatrixSet>{tms_id}</TileMatrixSet>"
@@ -182,7 +194,7 @@ def _layer_xml(layer: Layer, base: str, tms_sets) -> str:
     )
     template = REST_TILE.replace("{layer}", layer.identifier).replace("{style}", "default")
     resources = "".join(
-        f'<ResourceURL format="{mime}" resourceType="tile" template={quoteattr(base + template.replace("{ext}", ext))}/>'
+        f'<ResourceURL format="{mime}" resourceType="tile" template={quoteattr(base + template.replace("{ext}", ext) + query)}/>'
         for mime, ext in FORMATS.items()
     )
     values = "".join(f"<Value>{t}</Value>" for t in layer.times)
@@ -204,7 +216,9 @@ def capabilities(request: Request) -> str:
     tms_sets = request.app.state.tms
     found = layers(request)
     used = sorted({tms_id for layer in found for tms_id in layer.zooms})
-    kvp = f"{base}/wmts?"
+    token = urlencode(token_query(request))  # clients that cannot set headers send it back in every URL
+    query = f"?{token}" if token else ""
+    kvp = f"{base}/wmts?" + (f"{token}&" if token else "")
     operations = "".join(
         f'<ows:Operation name="{op}"><ows:DCP><ows:HTTP><ows:Get xlink:href={quoteattr(kvp)}>'
         "<ows:Constraint name=\"GetEncoding\"><ows:AllowedValues><ows:Value>KVP</ows:Value></ows:AllowedValues>"
@@ -222,10 +236,10 @@ def capabilities(request: Request) -> str:
         "<ows:ServiceType>OGC WMTS</ows:ServiceType><ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>"
         "</ows:ServiceIdentification>"
         f"<ows:OperationsMetadata>{operations}</ows:OperationsMetadata>"
-        "<Contents>" + "".join(_layer_xml(layer, base, tms_sets) for layer in found)
+        "<Contents>" + "".join(_layer_xml(layer, base, query, tms_sets) for layer in found)
         + "".join(_tile_matrix_set_xml(tms_sets.get(t)) for t in used)
         + "</Contents>"
-        f'<ServiceMetadataURL xlink:href={quoteattr(base + "/wmts/1.0.0/WMTSCapabilities.xml")}/>'
+        f'<ServiceMetadataURL xlink:href={quoteattr(base + "/wmts/1.0.0/WMTSCapabilities.xml" + query)}/>'
         "</Capabilities>"
     )
 

@@ -3,7 +3,9 @@
  * The page reads /wmts/1.0.0/WMTSCapabilities.xml with ol.format.WMTSCapabilities, builds the source
  * with ol.source.WMTS.optionsFromCapabilities (REST encoding) and offers the layer's Time values.
  * Tiles are fetched with fetch() so that the detail of a failed tile (JSON `detail` or the OWS
- * ExceptionText) can be shown. No external resources: no basemap, only a graticule.
+ * ExceptionText) can be shown. The capabilities are read with the page's access token (token.js), so
+ * restricted layers are listed and their ResourceURL templates carry it.
+ * No external resources: no basemap, only a graticule.
  */
 (function () {
   "use strict";
@@ -14,7 +16,7 @@
     format: $("format"), opacity: $("opacity"), tileUrl: $("tile-url"), copy: $("copy-url"),
     error: $("error"), status: $("status"),
   };
-  const CAPABILITIES = "/wmts/1.0.0/WMTSCapabilities.xml";
+  const CAPABILITIES = window.jeoToken.withToken("/wmts/1.0.0/WMTSCapabilities.xml");
   const PREFERRED_MATRIX_SET = "WebMercatorQuad";
   const TILE_ERROR = (ol.TileState && ol.TileState.ERROR) || 3;
 
@@ -269,6 +271,7 @@
   // ------------------------------------------------------------------ start
 
   async function start() {
+    window.jeoToken.bindField($("token"));
     let text;
     try {
       const response = await fetch(CAPABILITIES);

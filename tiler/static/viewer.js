@@ -6,12 +6,14 @@
  * The composite source builds /collections/{cid}/tiles/WebMercatorQuad/{z}/{x}/{y}.png itself.
  * After every layer change the tile at the centre of the data is fetched once so that a 4xx/5xx
  * answer's JSON `detail` can be shown (an <img> cannot read it).
+ * Every request carries the page's access token (token.js), TileJSON tile URLs come with it.
  * No external resources: there is no basemap, only a graticule.
  */
 (function () {
   "use strict";
 
   const TMS = "WebMercatorQuad";
+  const { withToken } = window.jeoToken;
   const $ = (id) => document.getElementById(id);
   const ui = {
     collection: $("collection"), collectionInfo: $("collection-info"), item: $("item"),
@@ -46,7 +48,7 @@
   // ------------------------------------------------------------------ helpers
 
   async function getJSON(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const response = await fetch(withToken(url), { headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error(await errorText(response));
     return response.json();
   }
@@ -272,7 +274,7 @@
   async function loadPresets() {
     // The WMTS capabilities list one layer per (collection, preset): "<collection>.<preset>".
     try {
-      const response = await fetch("/wmts/1.0.0/WMTSCapabilities.xml");
+      const response = await fetch(withToken("/wmts/1.0.0/WMTSCapabilities.xml"));
       if (!response.ok) throw new Error(await errorText(response));
       const xml = new DOMParser().parseFromString(await response.text(), "application/xml");
       const presets = {};
@@ -442,7 +444,7 @@
         } catch (_) { /* keep the defaults */ }
       }
       return {
-        template: `${location.origin}/collections/${cid}/tiles/${TMS}/{z}/{x}/{y}.png?${query(composite)}`,
+        template: withToken(`${location.origin}/collections/${cid}/tiles/${TMS}/{z}/{x}/{y}.png?${query(composite)}`),
         bbox, minzoom, maxzoom, attribution, footprint: null, fitKey: `composite:${collection.id}`,
       };
     }
@@ -580,6 +582,7 @@
   // ------------------------------------------------------------------ start
 
   async function start() {
+    window.jeoToken.bindField($("token"));
     applyHash(readHash());
     updateModeVisibility();
     try {
