@@ -1,4 +1,10 @@
-"""`/exports`: submit, list, inspect, cancel exports; fetch results and their STAC Items."""
+"""`/exports`: submit, list, inspect, cancel exports; fetch results and their STAC Items.
+
+An export belongs to the caller that submitted it (its token; anonymous callers share theirs): other
+callers do not see it (404, as for an unknown id), so only its owner gets the presigned S3 URL.
+Submitting needs a token created with `--exports` (or, with `JEO_ANONYMOUS_EXPORTS`, no token) and a
+collection the caller may see.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from fastapi import APIRouter, Path, Query
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 
+from mosaics.errors import NotFound
+from tiler.access import caller, catalog_view
 from tiler.exports.merge import presign
 from tiler.exports.models import ExportRecord, ExportRequest
 from tiler.exports.service import ExecutorUnavailable, ExportService
@@ -21,6 +29,14 @@ ExportId = Annotated[str, Path(description="Export id (from POST /exports).")]
 def _service(request: Request) -> ExportService:
     service: ExportService = request.app.state.exports
     service.start()
+    return service
+
+
+def _owned(request: Request, export_id: str) -> ExportService:
+    """The service, once the export is known to belong to the caller (NotFound otherwise)."""
+    service = _service(request)
+    if service.store.require(export_id).created_by != caller(request).principal:
+        raise NotFound("export", export_id)
     return service
 
 
@@ -113,8 +129,16 @@ def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
 @router.post("", status_code=202, summary="Submit an export.")
 def create_export(request: Request, body: ExportRequest):
     """Validate and submit an export; answers 202 with its id, status, links and an estimate."""
+    who = caller(request)
+    if who.principal is None and not request.app.state.settings.anonymous_exports:
+        return JSONResponse({"detail": "access_token: exports need a token created with --exports"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if who.principal is not None and not who.exports:
+        return JSONResponse({"detail": f"access_token: token '{who.name}' may not submit exports "
+                             "(create one with --exports)"}, status_code=403)  # fmt: skip
+    catalog_view(request).collection(body.collection)
     try:
-        record = _service(request).submit(body)
+        record = _service(request).submit(body, created_by=who.principal)
     except ExecutorUnavailable as error:
         return JSONResponse({"detail": str(error)}, status_code=503)
     content = record_json(request, record)
@@ -127,14 +151,14 @@ def list_exports(
     status: Annotated[str | None, Query(description="Only exports in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
 ):
-    records = _service(request).list(status, limit)
+    records = _service(request).list(status, limit, created_by=caller(request).principal)
     return {"exports": [record_json(request, r) for r in records], "numberReturned": len(records)}
 
 
 @router.get("/{export_id}", summary="One export: status, progress, times, jobs, errors.")
 def get_export(request: Request, export_id: ExportId):
     """With per-chunk status, job id (SLURM job or local pid) and seconds."""
-    service = _service(request)
+    service = _owned(request, export_id)
     record = service.get(export_id)
     chunks = [
         {k: row[k] for k in ("chunk", "status", "job", "started", "finished", "seconds")}
@@ -145,11 +169,11 @@ def get_export(request: Request, export_id: ExportId):
 
 @router.delete("/{export_id}", summary="Cancel an export (idempotent).")
 def cancel_export(request: Request, export_id: ExportId):
-    return record_json(request, _service(request).cancel(export_id))
+    return record_json(request, _owned(request, export_id).cancel(export_id))
 
 
 def _finished(request: Request, export_id: str) -> ExportRecord | JSONResponse:
-    record = _service(request).get(export_id)
+    record = _owned(request, export_id).get(export_id)
     if record.status != "finished":
         detail = f"export '{export_id}' is {record.status}" + (f": {record.error}" if record.error else "")
         return JSONResponse({"detail": detail}, status_code=409)

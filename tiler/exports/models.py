@@ -210,6 +210,7 @@ class ExportRecord:
     chunks_total: int = 0
     chunks_done: int = 0
     attempts: int = 0
+    created_by: str | None = None  # the submitting caller (tiler.tokens.Caller.principal); None = anonymous
 
     @property
     def active(self) -> bool:

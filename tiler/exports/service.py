@@ -19,7 +19,7 @@ from mosaics.errors import InvalidParameter, JeoError
 from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor, owner_alive
 from tiler.exports.merge import remove_partials
 from tiler.exports.models import ExportRecord, ExportRequest, now, prepare
-from tiler.exports.store import ExportStore
+from tiler.exports.store import EVERYONE, ExportStore
 from tiler.presets import PresetRegistry
 
 logger = logging.getLogger(__name__)
@@ -92,15 +92,19 @@ class ExportService:
             active_paths=self.store.active_destinations(),
         )  # fmt: skip
 
-    def submit(self, request: ExportRequest | dict[str, Any], *, run_local: bool = True) -> ExportRecord:
-        """Validate, store and submit an export. With run_local=False a local export is only stored
-        (owner None) for a `jeo export-run` process to pick up."""
+    def submit(
+        self, request: ExportRequest | dict[str, Any], *, run_local: bool = True, created_by: str | None = None
+    ) -> ExportRecord:
+        """Validate, store and submit an export on behalf of `created_by` (a caller principal, None =
+        anonymous). With run_local=False a local export is only stored (owner None) for a `jeo export-run`
+        process to pick up."""
         request, plan = self.prepare(request)
         local = plan.executor == "local"
         record = ExportRecord(
             id=plan.id, status="queued", collection=plan.collection, executor=plan.executor,
             request=request.model_dump(exclude_none=True), plan=plan, created=now(),
             owner=self.local.owner if local and run_local else None, chunks_total=plan.chunks_total,
+            created_by=created_by,
         )  # fmt: skip
         self.store.insert(record)
         try:
@@ -139,10 +143,11 @@ class ExportService:
                 record = self.store.require(export_id)
         return record
 
-    def list(self, status: str | None = None, limit: int | None = None) -> list[ExportRecord]:
+    def list(self, status: str | None = None, limit: int | None = None, created_by: str | None = EVERYONE) -> list[ExportRecord]:
+        """Newest first; those of `created_by` only (None = anonymous callers) unless EVERYONE."""
         if status is not None and status not in ("queued", "running", "finished", "failed", "canceled"):
             raise InvalidParameter("status", f"'{status}' is not one of queued, running, finished, failed, canceled")
-        return self.store.list(status, limit)
+        return self.store.list(status, limit, created_by)
 
     def cancel(self, export_id: str) -> ExportRecord:
         """Cancel (idempotent): stop its jobs, remove partial files. Finished/failed exports stay as they are."""

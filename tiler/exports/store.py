@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mosaics.catalog import add_columns
 from mosaics.errors import NotFound
 from tiler.exports.models import ACTIVE, ExportPlan, ExportRecord, now
 
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS exports (
     result       TEXT,                       -- path or s3:// URL of the result
     chunks_total INTEGER NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0, -- local resumes
-    updated      TEXT NOT NULL
+    updated      TEXT NOT NULL,
+    created_by   TEXT                        -- the caller that submitted it (tiler.tokens.Caller.principal); NULL = anonymous
 );
 CREATE INDEX IF NOT EXISTS exports_status ON exports (status);
 
@@ -51,9 +53,11 @@ CREATE TABLE IF NOT EXISTS export_chunks (
 );
 """
 
+ADDED_COLUMNS = {("exports", "created_by"): "TEXT"}
+EVERYONE = "*"  # `ExportStore.list(created_by=EVERYONE)`: exports of every caller
 _COLUMNS = (
     "id, status, collection, executor, request, plan, created, started, finished, jobs, owner, error, log_tail, "
-    "result, chunks_total, attempts, "
+    "result, chunks_total, attempts, created_by, "
     "(SELECT count(*) FROM export_chunks c WHERE c.export = exports.id AND c.chunk >= 0 AND c.status = 'done') "
     "AS chunks_done"
 )
@@ -71,6 +75,7 @@ class ExportStore:
             self._db.execute("PRAGMA busy_timeout = 60000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(SCHEMA)
+            add_columns(self._db, ADDED_COLUMNS)
 
     def close(self) -> None:
         with self._lock:
@@ -85,12 +90,12 @@ class ExportStore:
     def insert(self, record: ExportRecord) -> None:
         self._execute(
             """INSERT INTO exports (id, status, collection, executor, request, plan, created, jobs, owner,
-                                    chunks_total, updated)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                    chunks_total, updated, created_by)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 record.id, record.status, record.collection, record.executor, json.dumps(record.request),
                 json.dumps(record.plan.to_dict()), record.created, json.dumps(record.jobs), record.owner,
-                record.chunks_total, now(),
+                record.chunks_total, now(), record.created_by,
             ),
         )  # fmt: skip
 
@@ -109,11 +114,18 @@ class ExportStore:
             raise NotFound("export", export_id)
         return record
 
-    def list(self, status: str | None = None, limit: int | None = None) -> list[ExportRecord]:
-        sql, params = f"SELECT {_COLUMNS} FROM exports", []
+    def list(
+        self, status: str | None = None, limit: int | None = None, created_by: str | None = EVERYONE
+    ) -> list[ExportRecord]:
+        """Newest first; only those submitted by `created_by` (None = anonymous callers) unless EVERYONE."""
+        where, params = [], []
         if status is not None:
-            sql += " WHERE status = ?"
+            where.append("status = ?")
             params.append(status)
+        if created_by != EVERYONE:
+            where.append("created_by IS ?")
+            params.append(created_by)
+        sql = f"SELECT {_COLUMNS} FROM exports" + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY created DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -256,4 +268,5 @@ def _record(row: sqlite3.Row) -> ExportRecord:
         chunks_total=row["chunks_total"],
         chunks_done=row["chunks_done"],
         attempts=row["attempts"],
+        created_by=row["created_by"],
     )
