@@ -116,9 +116,11 @@ def export_id(server, tokens) -> str:
 SAMPLES = {
     "collection_id": R, "item_id": ITEM, "tileMatrixSetId": "WebMercatorQuad", "z": str(INSIDE.z),
     "x": str(INSIDE.x), "y": str(INSIDE.y), "scale": "2", "format": "png", "lon": "15.8", "lat": "46.5",
-    "width": "128", "height": "128",
+    "width": "128", "height": "128", "minx": "15.7", "miny": "46.4", "maxx": "15.8", "maxy": "46.5",
 }  # fmt: skip
-QUERY = [("assets", "red"), ("assets", "green"), ("assets", "blue"), ("rescale", "0,0.3")]
+QUERY = [("assets", "red"), ("assets", "green"), ("assets", "blue"), ("rescale", "0,0.3"), ("point", "15.8,46.5")]
+AREA = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+    [[15.7, 46.4], [15.8, 46.4], [15.8, 46.5], [15.7, 46.5], [15.7, 46.4]]]}}  # body of the other POST routes
 QUERIES = {"/wmts": {"SERVICE": "WMTS", "REQUEST": "GetCapabilities"}}  # routes that need a query
 # Answered by the middleware before routing (not in the route table): WMTS GetTile of R's layers.
 WMTS_GETTILE = [
@@ -138,8 +140,8 @@ def route_requests(server, export: str) -> list[tuple[str, str, dict, dict | Non
         unknown = [n for n in names if n not in SAMPLES and n != "export_id"]
         assert not unknown, f"route {template}: add a sample value for {unknown} to SAMPLES"
         path = re.sub(r"\{(\w+)\}", lambda m: export if m[1] == "export_id" else SAMPLES[m[1]], template)
-        for method in operations:
-            body = EXPORT if (method, template) == ("post", "/exports") else None
+        for method, operation in operations.items():
+            body = (EXPORT if template == "/exports" else AREA) if "requestBody" in operation else None
             scoped = bool({"collection_id", "export_id"} & set(names)) or body is not None
             query = QUERY if "collection_id" in names else QUERIES.get(template, {})
             requests.append((method.upper(), path, query, body, scoped))

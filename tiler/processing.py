@@ -211,9 +211,10 @@ class AreaRoutes:
                 image = masked_outside(self.image(src, grid, layer_params, dataset_params), area.inside(grid))
             return self.render(image, format, colormap, render_params)
 
-        for path, name in (("/feature", ""), ("/feature.{format}", "WithFormat"),
-                           ("/feature/{width}x{height}", "WithSizes"),
-                           ("/feature/{width}x{height}.{format}", "WithSizesAndFormat")):
+        # Most specific first: `{height}` would otherwise swallow `128.png`.
+        for path, name in (("/feature.{format}", "WithFormat"), ("/feature", ""),
+                           ("/feature/{width}x{height}.{format}", "WithSizesAndFormat"),
+                           ("/feature/{width}x{height}", "WithSizes")):
             self.router.add_api_route(
                 path, feature_image, methods=["POST"], **img_endpoint_params,
                 operation_id=f"{self.operation_prefix}postDataForGeoJSON{name}",
