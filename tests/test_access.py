@@ -9,10 +9,13 @@ route is checked without editing this file (it fails, naming the route, if it ne
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from xml.etree import ElementTree
@@ -328,6 +331,108 @@ def test_exports_need_the_exports_right(server, tokens):
     assert response.status_code == 403 and "exports" in response.json()["detail"]
     hidden = call(server, "POST", "/exports", found["other"], json=EXPORT)
     assert hidden.status_code == 404 and hidden.json()["detail"] == f"collection '{R}' not found"
+
+
+def test_python_client_reads_a_restricted_collection_with_its_token(server, tokens):
+    from tiler.client import Client, NotFound
+
+    with Client(server.url, access_token=tokens[1]["right"]) as client:
+        assert R in {c["id"] for c in client.collections()}
+        array = client.read(R, bbox=(15.7, 46.4, 15.8, 46.5), item=ITEM, assets="red")
+        assert array.shape[0] == 1 and np.isfinite(array.values).mean() > 0.9
+        template = client.tile_url(R, ITEM, assets="red,green,blue", rescale="0,0.3")
+        assert httpx.get(template.format(z=INSIDE.z, x=INSIDE.x, y=INSIDE.y), timeout=120).status_code == 200
+    with Client(server.url) as anonymous, pytest.raises(NotFound):
+        anonymous.collection(R)
+
+
+# --- JWTs of a site identity provider -----------------------------------------------------------------------
+
+
+ISSUER = "https://sso.example.test/realms/jeo"
+
+
+class JWKS(http.server.BaseHTTPRequestHandler):
+    """The identity provider's signing keys, served on loopback as Keycloak serves them."""
+
+    keys: bytes = b""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.keys)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def sso(tokens):
+    """A second server on the same catalog accepting JWTs of ISSUER (keys from a loopback JWKS URL); the
+    function signing JWTs with the provider's key (or another one)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key, impostor = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    JWKS.keys = json.dumps({"keys": [{**jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True),
+                                      "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()  # fmt: skip
+    jwks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JWKS)
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    env = {"JEO_JWT_ISSUER": ISSUER, "JEO_JWT_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/certs",
+           "JEO_JWT_AUDIENCE": "jeo-tiler", "JEO_CACHE_SIZE_MB": "0"}  # fmt: skip
+    running = start_server(tokens[0], env=env)
+
+    def sign(subject: str, signer=key, **claims) -> str:
+        body = {"iss": ISSUER, "aud": "jeo-tiler", "sub": subject, "exp": int(time.time()) + 300, **claims}
+        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": "k1"})
+
+    yield running, sign, impostor
+    stop_server(running)
+    jwks.shutdown()
+
+
+def test_jwt_grants_come_from_its_claims(sso, tokens):
+    server, sign, _ = sso
+    item = f"/collections/{R}/items/{ITEM}"
+    granted = sign("alice", jeo_collections=[R])
+    assert call(server, "GET", item, granted, header=True).status_code == 200
+    assert call(server, "GET", f"/collections/{OTHER_R}", granted).status_code == 404
+    assert call(server, "GET", f"/collections/{OTHER_R}", sign("carol", jeo_collections="*")).status_code == 200
+    assert call(server, "GET", item, sign("dave")).status_code == 404  # valid, no grant
+    assert call(server, "GET", item, tokens[1]["right"]).status_code == 200  # jeo_ tokens still work
+    caps = call(server, "GET", "/wmts/1.0.0/WMTSCapabilities.xml", granted).text
+    assert f"/{R}.truecolor/" in caps and f"access_token={granted}" in caps
+
+
+@pytest.mark.parametrize("case", ["expired", "issuer", "audience", "signature", "garbage"])
+def test_jwt_that_does_not_verify_is_a_401(sso, case):
+    server, sign, impostor = sso
+    token = {
+        "expired": lambda: sign("alice", jeo_collections=[R], exp=int(time.time()) - 10),
+        "issuer": lambda: sign("alice", jeo_collections=[R], iss="https://evil.example.test"),
+        "audience": lambda: sign("alice", jeo_collections=[R], aud="someone-else"),
+        "signature": lambda: sign("alice", signer=impostor, jeo_collections=[R]),
+        "garbage": lambda: "not.a.jwt",
+    }[case]()
+    response = call(server, "GET", "/collections", token)
+    assert response.status_code == 401 and response.json()["detail"].startswith("access_token: ")
+    assert R not in response.text
+
+
+def test_jwt_exports_belong_to_the_subject(sso):
+    server, sign, _ = sso
+    assert call(server, "POST", "/exports", sign("alice", jeo_collections=[R]), json=EXPORT).status_code == 403
+    submitted = call(server, "POST", "/exports", sign("alice", jeo_collections=[R], jeo_exports=True), json=EXPORT)
+    assert submitted.status_code == 202, submitted.text
+    export = submitted.json()["id"]
+    later = sign("alice", jti="another-session")  # another token of the same subject, without grants
+    assert call(server, "GET", f"/exports/{export}", later).status_code == 200
+    assert export in {e["id"] for e in call(server, "GET", "/exports", later).json()["exports"]}
+    bob = sign("bob", jeo_collections=[R], jeo_exports=True)
+    assert call(server, "GET", f"/exports/{export}", bob).status_code == 404
+    assert call(server, "DELETE", f"/exports/{export}", bob).status_code == 404
+    assert call(server, "DELETE", f"/exports/{export}", later).status_code == 200
 
 
 # --- the viewers --------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Who may see what: the caller of each request and the catalog as that caller sees it.
 
 `AccessMiddleware` (outermost but CORS) resolves the caller once per request from `Authorization: Bearer …`
-or `?access_token=…` (titiler's name, for clients that cannot set headers) and takes the parameter out
-of the query string, so that it reaches neither endpoints, cache keys nor access logs. A token that is
-unknown, revoked or expired is answered 401, whatever the route. Everything downstream reads the
+or `?access_token=…` (titiler's name, for clients that cannot set headers) — a `jeo_…` token of
+`tiler.tokens` or, with `JEO_JWT_ISSUER`, a JWT of the site's identity provider (`tiler.identity`) —
+and takes the parameter out of the query string, so that it reaches neither endpoints, cache keys nor
+access logs. A token that is unknown, revoked, expired or does not verify is answered 401, whatever
+the route. Everything downstream reads the
 catalog through `catalog_view(request)`: restricted collections without a grant do not exist there
 (NotFound, the same 404 as an unknown id, so ids cannot be probed). Responses that showed the caller
 a restricted collection get `Cache-Control: private`.
@@ -22,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mosaics.catalog import Catalog
 from mosaics.errors import NotFound
 from mosaics.models import Collection, Item
-from tiler.tokens import ANONYMOUS, Caller, InvalidToken
+from tiler.settings import Settings
+from tiler.tokens import ANONYMOUS, PREFIX, Caller, InvalidToken
 
 TOKEN_PARAMETER = "access_token"
 
@@ -73,6 +76,24 @@ class CatalogView:
         """`Catalog.search` in a visible collection."""
         self._require(collection_id, self.catalog.access(collection_id))
         return self.catalog.search(collection_id, **kwargs)
+
+
+def identity_provider(settings: Settings):
+    """The JWT verifier of `JEO_JWT_ISSUER` (tiler.identity), or None when no identity provider is set."""
+    if not settings.jwt_issuer:
+        return None
+    if not (settings.jwt_jwks_url or settings.jwt_public_key):
+        raise ValueError("JEO_JWT_ISSUER needs JEO_JWT_JWKS_URL or JEO_JWT_PUBLIC_KEY")
+    from tiler.identity import JWTVerifier  # PyJWT: the `sso` extra
+
+    return JWTVerifier(settings)
+
+
+def resolve(state: Any, token: str) -> Caller:
+    """The holder of a `jeo_…` token, or of a JWT when an identity provider is configured; InvalidToken otherwise."""
+    if state.identity is not None and not token.startswith(PREFIX):
+        return state.identity.resolve(token)
+    return state.tokens.resolve(token)
 
 
 def caller(request: Request) -> Caller:
@@ -144,7 +165,7 @@ class AccessMiddleware:
         try:
             if len(set(tokens)) > 1:
                 raise InvalidToken("access_token: two different tokens (header and query); send one")
-            found = state.tokens.resolve(tokens[0]) if tokens else ANONYMOUS
+            found = resolve(state, tokens[0]) if tokens else ANONYMOUS
         except InvalidToken as error:
             await unauthorized(scope, str(error))(scope, receive, send)
             return

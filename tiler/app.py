@@ -15,7 +15,7 @@ import algorithms
 from mosaics.catalog import Catalog
 from mosaics.corrections import Corrector
 from tiler import __version__, errors, stac_api, viewer, wmts
-from tiler.access import AccessMiddleware, catalog_view
+from tiler.access import AccessMiddleware, catalog_view, identity_provider
 from tiler.exports import api as exports_api
 from tiler.exports.service import ExportService
 from tiler.cache import NoCache, TileCache
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.tokens = TokenStore(settings.database_path)
+    app.state.identity = identity_provider(settings)
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))
     app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")

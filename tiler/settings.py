@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     processing_max_pixels: int = Field(
         4096 * 4096, description="Largest output grid of an area subset, statistics or time series (width × height)."
     )
+    jwt_issuer: str | None = Field(
+        None, description="Also accept JWTs of this issuer (`iss`) from a site identity provider, e.g. "
+        "`https://sso.example.org/realms/jeo`; needs `JEO_JWT_JWKS_URL` or `JEO_JWT_PUBLIC_KEY` (extra `sso`)."
+    )
+    jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of the issuer's signing keys (Keycloak: `<issuer>/protocol/openid-connect/certs`)."
+    )
+    jwt_public_key: str | None = Field(None, description="PEM public key verifying JWTs (instead of `JEO_JWT_JWKS_URL`).")
+    jwt_audience: str | None = Field(None, description="Required `aud` of JWTs (not checked when unset).")
+    jwt_algorithms: str = Field("RS256,ES256", description="Comma-separated JWT signature algorithms accepted.")
+    jwt_collections_claim: str = Field(
+        "jeo_collections", description="JWT claim listing the restricted collections granted (list, or space- or "
+        "comma-separated; `*` = every collection)."
+    )
+    jwt_exports_claim: str = Field("jeo_exports", description="JWT claim that, when true, lets the caller submit exports.")
     anonymous_exports: bool = Field(
         True, description="Callers without a token may submit exports (shared by all of them); "
         "set false on a shared server so that only tokens created with `--exports` can."
