@@ -4,10 +4,10 @@
 Data: ``../shared/bench/make_data.py`` (20 scenes, 4096² px at 10 m, EPSG:32632, 4-band uint16 COGs plus
 0/1/255 cloud masks). If ``<data>/scenes.json`` is missing the scenes are generated here with that
 script's own functions (``--scenes``, ``--data-size``; its MosaicJSON step, which needs cogeo-mosaic, is
-skipped). A small converter turns ``scenes.json`` into a static STAC catalog that jeo-tiler ingests:
-one single-band VRT per band (band *b* of the scene COG, so overviews come from the COG) as the assets
-blue/green/red/nir, and the cloud mask as ``cloud_probability`` (0 clear, 1 cloud, 255 no data), used
-with ``cloud_mask=cloud_probability:0.5``.
+skipped). ``stac_from_bench.py`` turns ``scenes.json`` into a static STAC catalog in ``<data>/stac`` that
+jeo-tiler ingests (``<data>`` is an allowed root, the bands live in ``<data>/bands``): one single-band COG per
+band (extracted once) as the assets blue/green/red/nir, and the cloud mask as ``cloud_probability`` (0 clear,
+1 cloud, 255 no data), used with ``cloud_mask=cloud_probability:0.5``.
 
 Measured (each run is `jeo export … --json` in a fresh process against a private JEO_HOME):
 - ``local:N``: the local executor with N worker processes;
@@ -45,8 +45,6 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_DATA = ROOT.parent / "shared" / "bench" / "make_data.py"
 COLLECTION = "bench-exports"
-BANDS = [(1, "B02", "blue", 0.49), (2, "B03", "green", 0.56), (3, "B04", "red", 0.665), (4, "B08", "nir", 0.842)]
-COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 RECIPE = ["--assets", "red,green,blue", "--method", "median", "--cloud-mask", "cloud_probability:0.5"]
 
 
@@ -78,88 +76,12 @@ def generate(data: Path, scenes: int, size: int, jobs: int) -> None:
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
-BAND_VRT = """<VRTDataset rasterXSize="{w}" rasterYSize="{h}">
-  <SRS dataAxisToSRSAxisMapping="1,2">{crs}</SRS>
-  <GeoTransform>{gt}</GeoTransform>
-  <VRTRasterBand dataType="UInt16" band="1">
-    <NoDataValue>0</NoDataValue>
-    <SimpleSource>
-      <SourceFilename relativeToVRT="0">{src}</SourceFilename>
-      <SourceBand>{band}</SourceBand>
-    </SimpleSource>
-  </VRTRasterBand>
-</VRTDataset>
-"""
-
-
 def to_stac(data: Path) -> Path:
     """A static STAC catalog (catalog → collection → items) over the scenes of ``scenes.json``."""
-    import rasterio
-    from rasterio.warp import transform_bounds
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stac_from_bench import convert
 
-    manifest = json.loads((data / "scenes.json").read_text())
-    out = data / "stac"
-    collection_dir = out / COLLECTION
-    collection_dir.mkdir(parents=True, exist_ok=True)
-    links, boxes, dates = [], [], []
-    for scene in manifest["scenes"]:
-        name = scene["name"]
-        image = Path(scene["image"]) if os.path.isabs(scene["image"]) else data / scene["image"]
-        mask = Path(scene["cloud_mask"]) if os.path.isabs(scene["cloud_mask"]) else data / scene["cloud_mask"]
-        with rasterio.open(image) as ds:
-            crs, transform, width, height, bounds = ds.crs, ds.transform, ds.width, ds.height, ds.bounds
-        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
-        item_dir = collection_dir / name
-        item_dir.mkdir(exist_ok=True)
-        assets = {}
-        for band, band_name, common, wavelength in BANDS:
-            vrt = item_dir / f"{band_name}.vrt"
-            vrt.write_text(BAND_VRT.format(
-                w=width, h=height, crs=crs.to_wkt(), gt=", ".join(repr(v) for v in transform.to_gdal()),
-                src=image, band=band,
-            ))  # fmt: skip
-            assets[common] = {
-                "href": str(vrt), "type": "application/x-ogc-vrt+xml", "roles": ["data", "reflectance"],
-                "eo:bands": [{"name": band_name, "common_name": common, "center_wavelength": wavelength}],
-                "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": 0.0}],
-            }  # fmt: skip
-        assets["cloud_probability"] = {
-            "href": str(mask), "type": COG, "roles": ["data", "cloud"],
-            "raster:bands": [{"nodata": 255, "data_type": "uint8"}],
-        }  # fmt: skip
-        when = f"{scene['date']}T10:30:00Z"
-        item = {
-            "type": "Feature", "stac_version": "1.0.0", "id": name, "collection": COLLECTION,
-            "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-                                "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
-            "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
-                                                             [west, north], [west, south]]]},
-            "bbox": [west, south, east, north],
-            "properties": {"datetime": when, "eo:cloud_cover": round(100 * scene["cloud_fraction"], 2),
-                           "proj:epsg": crs.to_epsg(), "proj:shape": [height, width],
-                           "proj:transform": list(transform)[:6], "gsd": transform.a},
-            "links": [{"rel": "collection", "href": "../collection.json"}, {"rel": "parent", "href": "../collection.json"}],
-            "assets": assets,
-        }  # fmt: skip
-        (item_dir / f"{name}.json").write_text(json.dumps(item, indent=1))
-        links.append({"rel": "item", "href": f"./{name}/{name}.json", "type": "application/geo+json"})
-        boxes.append((west, south, east, north))
-        dates.append(when)
-    collection = {
-        "type": "Collection", "stac_version": "1.0.0", "id": COLLECTION, "license": "proprietary",
-        "description": "Synthetic Sentinel-2-like scenes from ../shared/bench/make_data.py (speed only).",
-        "extent": {"spatial": {"bbox": [[min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                         max(b[2] for b in boxes), max(b[3] for b in boxes)]]},
-                   "temporal": {"interval": [[min(dates), max(dates)]]}},
-        "links": [{"rel": "root", "href": "../catalog.json"}, *links],
-    }  # fmt: skip
-    (collection_dir / "collection.json").write_text(json.dumps(collection, indent=1))
-    catalog = {
-        "type": "Catalog", "stac_version": "1.0.0", "id": "bench", "description": "jeo-tiler export benchmark",
-        "links": [{"rel": "child", "href": f"./{COLLECTION}/collection.json"}],
-    }  # fmt: skip
-    (out / "catalog.json").write_text(json.dumps(catalog, indent=1))
-    return out / "catalog.json"
+    return Path(convert(str(data), str(data / "stac"), COLLECTION)["catalog"])
 
 
 # --- runs -----------------------------------------------------------------------------------------
@@ -281,7 +203,7 @@ def main() -> int:
     catalog_path = to_stac(data)
     home = Path(a.home or tempfile.mkdtemp(prefix="jeo-bench-exports-"))
     home.mkdir(parents=True, exist_ok=True)
-    ingest = jeo(home, {}, "ingest", str(catalog_path))
+    ingest = jeo(home, {"JEO_INGEST_ALLOWED_ROOTS": str(data)}, "ingest", str(catalog_path))
     if ingest.returncode != 0:
         raise SystemExit(ingest.stderr)
     meta = json.loads((data / "scenes.json").read_text())["meta"]

@@ -8,7 +8,7 @@ plus ``scenes.json`` (dates, cloud and nodata fractions). jeo-tiler reads ONE ba
 (same DEFLATE/predictor/block size/overview levels as the source) and cached next to the data in
 ``<data>/bands/`` (skipped when already there and newer than the source).
 
-Output (default ``<data>/jeo-stac``; not ``<data>/stac``, which benchmarks/exports.py writes its own catalog to)::
+Output (default ``<data>/jeo-stac``; benchmarks/exports.py writes its own collection to ``<data>/stac``)::
 
     catalog.json -> <collection>/collection.json -> <collection>/<scene>/<scene>.json
 

@@ -207,8 +207,9 @@ def prewarm_numba() -> float:
     return time.time() - t0
 
 
-def ingest(home: Path, catalogs: list[str]) -> None:
-    env = dict(os.environ, JEO_HOME=str(home))
+def ingest(home: Path, catalogs: list[str], allowed_roots: list[str] = ()) -> None:
+    """`jeo ingest` each catalog into `home`; `allowed_roots`: folders outside the catalogs that hold their files."""
+    env = dict(os.environ, JEO_HOME=str(home), JEO_INGEST_ALLOWED_ROOTS=",".join(allowed_roots))
     for catalog in catalogs:
         out = subprocess.run([str(JEO), "ingest", catalog], env=env, capture_output=True, text=True, cwd=REPO)
         if out.returncode:
@@ -239,7 +240,7 @@ def setup(quick: bool, out: Path | None = None) -> Context:
     (work / "nodelay_uvicorn.py").write_text(NODELAY_WRAPPER)
     home = Path(tempfile.mkdtemp(prefix="jeo-bench-home-"))
     log(f"JEO_HOME {home}; ingesting the synthetic and the real data sets ...")
-    ingest(home, [synth["catalog"], str(SHARED_DATA / "catalog.json")])
+    ingest(home, [synth["catalog"], str(SHARED_DATA / "catalog.json")], [synth["data"]])  # bands in <data>/bands
     log(f"numba kernels compiled/loaded in {prewarm_numba():.1f} s")
     return Context(profile=profile, synth=synth, home=home, out=out, work=work, gdal_env=gdal_env())
 

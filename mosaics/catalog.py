@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS items (
     processing_baseline TEXT,                      -- s2:processing_baseline
     west REAL NOT NULL, south REAL NOT NULL, east REAL NOT NULL, north REAL NOT NULL,  -- bbox, EPSG:4326
     geometry            TEXT NOT NULL,             -- GeoJSON footprint, EPSG:4326
-    stac                TEXT NOT NULL,             -- the item JSON, asset hrefs absolute
+    stac                TEXT NOT NULL,             -- the item JSON, asset hrefs relative to their ingest root
     version             TEXT NOT NULL,             -- sha256 of the canonical item JSON
     UNIQUE (collection, id)
 );
@@ -170,18 +170,22 @@ class Catalog:
 
     # --- ingest --------------------------------------------------------------------------------
 
-    def ingest(self, source: str | Path, access: str | None = None) -> IngestReport:
+    def ingest(
+        self, source: str | Path, allowed_roots: Sequence[str | Path] = (), access: str | None = None
+    ) -> IngestReport:
         """Upsert the catalog, collection or item at `source` (path, s3:// URL or directory with catalog.json).
 
-        Everything is read and validated before anything is written, in one transaction: on any
-        error (`CatalogError` naming file and field) the database is left as it was. With `access`,
-        the collections read get that access level in the same transaction (a new restricted
-        collection is never visible as public); without it, new collections are public and known
-        ones keep theirs.
+        Asset hrefs and child/item links must stay inside the folder or S3 prefix of `source`'s document
+        or one of `allowed_roots` (symlinks count by their target), and raster assets must open as
+        self-contained GeoTIFFs (`mosaics.stac.walk`). Everything is read and validated before anything
+        is written, in one transaction: on any error (`CatalogError` naming file and field) the database
+        is left as it was. With `access`, the collections read get that access level in the same
+        transaction (a new restricted collection is never visible as public); without it, new
+        collections are public and known ones keep theirs.
         """
         if access is not None:
             _check_access(access)
-        walk = stac.walk(source)
+        walk = stac.walk(source, allowed_roots)
         added = updated = unchanged = 0
         with self._transaction() as db:
             known = {row[0] for row in db.execute("SELECT id FROM collections")} | walk.collections.keys()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from diskcache import Cache
-from rio_tiler.io import Reader
 
 from algorithms import corrections as kernels
+from mosaics.datasets import PooledReader, gdal_path
 from mosaics.errors import InvalidParameter
 from mosaics.models import Asset, Item
-from mosaics.reader import gdal_path, to_physical
+from mosaics.reader import to_physical
 from mosaics.stac import read_text
 
 CORRECTIONS = ("none", "s2_harmonize", "toa", "dos")
@@ -94,7 +94,7 @@ class Corrector:
             raise InvalidParameter("correction", "dos needs a dark-value store (none configured)")
         cache_key = (item.collection, item.id, item.version, key)
         if (value := self._dark.get(cache_key)) is None:
-            with Reader(gdal_path(item.assets[key].href)) as src:
+            with PooledReader(gdal_path(item.assets[key].href)) as src:
                 overview = src.preview(max_size=512)
             toa = self._toa_like(item, [key], overview.array.data)
             value = float(kernels.dark_object_values(toa, ~overview.array.mask[0])[0])

@@ -1,6 +1,7 @@
-"""A bounded per-process pool of open rasterio datasets, reused across requests.
+"""Opening catalog rasters safely, and a bounded per-process pool of open datasets reused across requests.
 
-A handle is lent to one reader at a time (GDAL handles are not shared between threads) and returned
+`open_raster` is the one way catalog data is opened: GeoTIFF/COG only, self-contained (see there).
+A pooled handle is lent to one reader at a time (GDAL handles are not shared between threads) and returned
 afterwards; the least recently used idle handles are closed beyond `max_open`. Local files are keyed
 by path, size and mtime, so a file replaced on disk is reopened.
 """
@@ -15,10 +16,43 @@ from contextlib import contextmanager
 
 import attr
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rio_tiler.io import Reader
 
 Key = tuple[str, int, int, int | None]
+
+# The only GDAL driver catalog data is opened with: a VRT (or any other format) named .tif is refused.
+ALLOWED_DRIVER = "GTiff"
+
+
+def gdal_path(href: str) -> str:
+    """The path GDAL opens for an asset href (local path or s3:// URL)."""
+    return "/vsis3/" + href[len("s3://") :] if href.startswith("s3://") else href
+
+
+def _open_gtiff(path: str, **options: int) -> DatasetReader:
+    # EMPTY_DIR: GDAL sees no side-car files, so no .ovr/.msk/.aux.xml next to the file (which could be a VRT
+    # or name other files) is ever opened. Thread-local, and only needed while opening.
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return rasterio.open(path, driver=ALLOWED_DRIVER, **options)
+
+
+def open_raster(path: str, overview_level: int | None = None) -> DatasetReader:
+    """`path` (or one of its internal overview levels) opened as a self-contained GeoTIFF.
+
+    Raises RasterioIOError for any other format and for a GeoTIFF whose metadata names another file to
+    read (`OVERVIEW_FILE` in the OVERVIEWS domain, which GDAL would follow, /vsicurl/ URLs included):
+    the file itself is checked before an overview level is opened.
+    """
+    dataset = _open_gtiff(path)
+    if dataset.tags(ns="OVERVIEWS"):
+        dataset.close()
+        raise RasterioIOError("not a self-contained GeoTIFF: its OVERVIEWS metadata names another file")
+    if overview_level is None:
+        return dataset
+    dataset.close()
+    return _open_gtiff(path, overview_level=overview_level)
 
 
 class DatasetPool:
@@ -44,7 +78,7 @@ class DatasetPool:
             handles = self._idle.get(key)
             dataset = handles.pop() if handles else None
         if dataset is None:
-            dataset = rasterio.open(path) if overview_level is None else rasterio.open(path, overview_level=overview_level)
+            dataset = open_raster(path, overview_level)
         try:
             yield dataset
         finally:

@@ -5,13 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
+
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 
 from mosaics.errors import NotFound
 
 
 # Common names that stand in for another when an item lacks it (Landsat's NIR is `nir08`).
 COMMON_NAME_FALLBACKS: dict[str, tuple[str, ...]] = {"nir": ("nir08",), "rededge": ("rededge1",)}
+
+
+@cache
+def known_epsg(code: Any) -> bool:
+    """Whether `code` is an integer EPSG code of a coordinate reference system PROJ knows."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return False
+    try:
+        CRS.from_epsg(code)
+    except CRSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -29,7 +45,8 @@ class Asset:
     """A raster (or metadata) file of an item.
 
     `href` is absolute: a local path or an `s3://` URL. `names` are the `eo:bands` names (e.g. B04),
-    `common_names` their `common_name`s (e.g. red).
+    `common_names` their `common_name`s (e.g. red). `stac` is the asset JSON as ingested, its `href`
+    relative to the root it was found in (what the STAC API shows).
     """
 
     key: str
@@ -53,8 +70,8 @@ class Asset:
 
     @property
     def is_gridded(self) -> bool:
-        """A raster with projection metadata (`proj:epsg`, `proj:transform`, `proj:shape`)."""
-        return bool(self.is_raster and self.epsg and self.transform and self.shape)
+        """A raster with projection metadata (`proj:epsg` of a known CRS, `proj:transform`, `proj:shape`)."""
+        return bool(self.is_raster and known_epsg(self.epsg) and self.transform and self.shape)
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,7 @@ class Item:
     """A scene: one acquisition with its assets. `bbox` and `geometry` are in EPSG:4326.
 
     `version` changes whenever the stored item changes (re-ingest with different content).
-    `stac` is the item JSON as ingested, with absolute asset hrefs.
+    `stac` is the item JSON as ingested, asset hrefs relative to their root (see `Asset`).
     """
 
     id: str

@@ -29,17 +29,12 @@ from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
-from mosaics.datasets import POOL, PooledReader
+from mosaics.datasets import POOL, PooledReader, gdal_path
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.models import Asset, Item
 from mosaics.pixelmap import SourceGrid, pixel_map
 from mosaics.recipe import Recipe
-
-
-def gdal_path(href: str) -> str:
-    """The path GDAL opens for an asset href (local path or s3:// URL)."""
-    return "/vsis3/" + href[len("s3://") :] if href.startswith("s3://") else href
 
 
 def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 Everything here is pure reading and validation: no database. Problems raise `CatalogError`
 naming the offending file and field (dotted path, e.g. ``assets.red.href``).
+
+A catalog may only name files inside its roots (`Roots`): the folder or S3 prefix of the document
+ingested, and the allowed roots given to `walk`. Raster assets must open as self-contained GeoTIFFs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import math
 import os
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
@@ -20,9 +24,11 @@ from typing import Any
 import boto3
 import shapely.geometry
 from botocore.exceptions import BotoCoreError, ClientError
+from rasterio.errors import RasterioError
 
+from .datasets import gdal_path, open_raster
 from .errors import CatalogError
-from .models import Asset, Collection, Item, RasterBand
+from .models import Asset, Collection, Item, RasterBand, known_epsg
 
 S3_PREFIX = "s3://"
 _NODATA_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -87,6 +93,58 @@ def _read_bytes(href: str) -> bytes:
 def read_text(href: str) -> str:
     """The text of a local file or an s3:// object."""
     return _read_bytes(href).decode()
+
+
+# --- roots: where a catalog's files may be ---------------------------------------------------------
+
+
+def _root_prefix(location: str) -> str:
+    """A folder (symlinks resolved) or ``s3://bucket[/prefix]`` as a prefix ending in "/"."""
+    if location.startswith(S3_PREFIX):
+        return location.rstrip("/") + "/"
+    return os.path.join(os.path.realpath(location), "")
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Folders and S3 prefixes an ingest may read: the allowed roots and the catalog's own root.
+
+    A local href counts by its real path: a symlink inside the root that points elsewhere is outside.
+    Paths are named relative to the first allowed root holding them (stable whatever document of a
+    catalog is ingested), else to the own root.
+    """
+
+    own: str
+    allowed: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, entry: str, allowed: Sequence[str | Path] = ()) -> Roots:
+        """The roots of an ingest of the document at `entry` (absolute path or s3:// URL)."""
+        own = posixpath.dirname(entry) if entry.startswith(S3_PREFIX) else os.path.dirname(entry)
+        return cls(_root_prefix(own), tuple(_root_prefix(str(root)) for root in allowed))
+
+    def relative(self, href: str) -> str | None:
+        """`href` relative to the root holding it; None when none does."""
+        if href.startswith(S3_PREFIX):
+            bucket, key = _split_s3(href)
+            target = f"{S3_PREFIX}{bucket}/" + posixpath.normpath("/" + key).lstrip("/")
+            if target != href:  # S3 keys are literal: "a/../b" is not "b"
+                return None
+        elif href.startswith("/vsi") or "://" in href:
+            return None  # GDAL virtual file systems and URLs are never catalog files
+        else:
+            target = os.path.realpath(href)
+        return next((target[len(root) :] for root in (*self.allowed, self.own) if target.startswith(root)), None)
+
+    def require(self, href: str, path: str, field: str) -> str:
+        """`relative(href)`, or CatalogError naming the file and field when `href` is outside every root."""
+        relative = self.relative(href)
+        if relative is None:
+            raise CatalogError(
+                path, field, f"{href} is outside the catalog root {self.own} and the allowed roots "
+                f"({', '.join(self.allowed) or 'none'}; setting JEO_INGEST_ALLOWED_ROOTS)",
+            )
+        return relative
 
 
 def _require_exists(href: str, path: str, field: str) -> None:
@@ -185,13 +243,18 @@ def _numbers(value: Any, cast: type, lengths: tuple[int, ...], path: str, field:
 
 
 def _epsg(doc: dict[str, Any], path: str, field: str) -> int | None:
-    """`proj:epsg`, or the EPSG code of a projection v2 `proj:code` such as "EPSG:32633"."""
+    """`proj:epsg`, or the EPSG code of a projection v2 `proj:code` such as "EPSG:32633"; must be a known CRS."""
     code = doc.get("proj:code")
     if isinstance(code, str) and code.upper().startswith("EPSG:") and code[5:].isdigit():
-        return int(code[5:])
-    epsg = doc.get("proj:epsg")
-    if epsg is not None and (isinstance(epsg, bool) or not isinstance(epsg, int)):
-        raise CatalogError(path, f"{field}proj:epsg", f"expected an integer, got {epsg!r}")
+        epsg, name = int(code[5:]), f"{field}proj:code"
+    else:
+        epsg, name = doc.get("proj:epsg"), f"{field}proj:epsg"
+        if epsg is None:
+            return None
+        if isinstance(epsg, bool) or not isinstance(epsg, int):
+            raise CatalogError(path, name, f"expected an integer, got {epsg!r}")
+    if not known_epsg(epsg):
+        raise CatalogError(path, name, f"EPSG:{epsg} is not a known coordinate reference system")
     return epsg
 
 
@@ -211,15 +274,24 @@ def _raster_band(raw: Any, path: str, field: str) -> RasterBand:
     )
 
 
-def parse_asset(key: str, raw: Any, properties: dict[str, Any], path: str) -> Asset:
+def _require_geotiff(href: str, path: str, field: str) -> None:
+    try:
+        open_raster(gdal_path(href)).close()
+    except RasterioError as exc:
+        raise CatalogError(path, field, f"{href} is not a readable self-contained GeoTIFF: {exc}") from exc
+
+
+def parse_asset(key: str, raw: Any, properties: dict[str, Any], path: str, roots: Roots) -> Asset:
     """Asset `key` of the item at `path`; projection fields and gsd fall back to the item's properties.
 
-    The href is made absolute and must exist.
+    The href is made absolute, must be inside `roots` and exist; a raster asset must open as a
+    self-contained GeoTIFF. `stac` is the asset JSON with the href relative to its root.
     """
     prefix = f"assets.{key}."
     if not isinstance(raw, dict):
         raise CatalogError(path, f"assets.{key}", f"expected an object, got {raw!r}")
     href = resolve_href(path, _require(raw, "href", str, path, prefix))
+    relative = roots.require(href, path, prefix + "href")
     _require_exists(href, path, prefix + "href")
 
     def inherited(name: str) -> tuple[Any, str]:
@@ -234,7 +306,7 @@ def parse_asset(key: str, raw: Any, properties: dict[str, Any], path: str) -> As
     roles = raw.get("roles") or []
     if not isinstance(roles, list):
         raise CatalogError(path, prefix + "roles", f"expected a list, got {roles!r}")
-    return Asset(
+    asset = Asset(
         key=key,
         href=href,
         roles=tuple(roles),
@@ -249,21 +321,24 @@ def parse_asset(key: str, raw: Any, properties: dict[str, Any], path: str) -> As
         shape=_numbers(shape, int, (2,), path, shape_field),
         transform=_numbers(transform, float, (6, 9), path, transform_field),
         gsd=_number(gsd, path, gsd_field),
-        stac={**raw, "href": href},
+        stac={**raw, "href": relative},
     )
+    if asset.is_raster:
+        _require_geotiff(href, path, prefix + "href")
+    return asset
 
 
-def content_hash(doc: dict[str, Any]) -> str:
+def content_hash(doc: Any) -> str:
     """sha256 of the canonical JSON form (sorted keys, compact) of `doc`."""
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_item(doc: dict[str, Any], path: str, collection: str | None = None) -> Item:
+def parse_item(doc: dict[str, Any], path: str, roots: Roots, collection: str | None = None) -> Item:
     """Validated item of the file at `path`, linked from `collection` (else its `collection` field).
 
-    `stac` is the item JSON with absolute asset hrefs; `version` is its content hash. A null
-    `datetime` falls back to `start_datetime`.
+    `stac` is the item JSON with asset hrefs relative to their root (`parse_asset`); `version` is the
+    content hash of it and the absolute hrefs. A null `datetime` falls back to `start_datetime`.
     """
     item_id = _require(doc, "id", str, path)
     own = doc.get("collection")
@@ -279,7 +354,9 @@ def parse_item(doc: dict[str, Any], path: str, collection: str | None = None) ->
         when = parse_datetime(props.get("datetime"), path, "properties.datetime")
     bbox = _bbox(doc.get("bbox"), path, "bbox")
     geometry = _geometry(doc.get("geometry"), path)
-    assets = {key: parse_asset(key, raw, props, path) for key, raw in _require(doc, "assets", dict, path).items()}
+    assets = {
+        key: parse_asset(key, raw, props, path, roots) for key, raw in _require(doc, "assets", dict, path).items()
+    }
     baseline = props.get("s2:processing_baseline")
     stac = {**doc, "assets": {key: asset.stac for key, asset in assets.items()}}
     return Item(
@@ -293,7 +370,7 @@ def parse_item(doc: dict[str, Any], path: str, collection: str | None = None) ->
         platform=props.get("platform"),
         processing_baseline=None if baseline is None else str(baseline),
         properties=props,
-        version=content_hash(stac),
+        version=content_hash([stac, {key: asset.href for key, asset in assets.items()}]),
         stac=stac,
     )
 
@@ -363,7 +440,8 @@ def _read_linked(href: str, path: str, field: str) -> dict[str, Any]:
 
 
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, roots: Roots) -> None:
+        self.roots = roots
         self.result = Walk()
         self.seen: set[str] = set()
 
@@ -377,7 +455,7 @@ class _Walker:
         return collection.id
 
     def add_item(self, path: str, doc: dict[str, Any], collection: str | None) -> None:
-        item = parse_item(doc, path, collection)
+        item = parse_item(doc, path, self.roots, collection)
         key = (item.collection, item.id)
         if key in self.result.items:
             raise CatalogError(path, "id", f"duplicate item id '{item.id}' (also in {self.result.item_files[key]})")
@@ -397,17 +475,20 @@ class _Walker:
             raise CatalogError(path, "type", f"expected 'Catalog', 'Collection' or 'Feature', got {kind!r}")
         for href, field_name in _links(doc, path, ("child", "item")):
             if href not in self.seen:
+                self.roots.require(href, path, field_name)
                 self.visit(href, _read_linked(href, path, field_name), collection)
 
 
-def walk(source: str | Path) -> Walk:
+def walk(source: str | Path, allowed_roots: Sequence[str | Path] = ()) -> Walk:
     """Read and validate the catalog, collection or item at `source` (a directory means its catalog.json).
 
+    Child and item links and asset hrefs must stay inside the folder (or S3 prefix) of `source`'s
+    document or one of `allowed_roots` (folders, ``s3://bucket[/prefix]``); symlinks count by their target.
     A lone item also brings its collection document (first rel=collection link), if it has one.
     """
     path = _entry_href(source)
     doc = read_json(path)
-    walker = _Walker()
+    walker = _Walker(Roots.of(path, allowed_roots))
     collection = None
     if doc.get("type") == "Feature":
         links = _links(doc, path, ("collection",))

@@ -13,7 +13,7 @@ import pytest
 from diskcache import Cache
 
 from mosaics.catalog import Catalog
-from tests.conftest import start_server, stop_server
+from tests.conftest import SHARED_DATA, start_server, stop_server
 
 C = "sentinel-2-l2a-timeseries"
 WM = morecantile.tms.get("WebMercatorQuad")
@@ -24,7 +24,8 @@ WEDGE_ONLY = WM.tile(15.05, 46.7, 11)  # west of the 10/15/20 August swath edge
 
 
 def copy_catalog(shared_data: Path, target: Path) -> Path:
-    """The real catalog with its JSON copied (editable) and its rasters linked."""
+    """The real catalog with its JSON copied (editable) and its rasters linked: ingest it with
+    `allowed_roots=[shared_data]` (the links point outside the copy)."""
     def link(src, dst):
         if src.endswith(".json"):
             shutil.copy2(src, dst)
@@ -41,7 +42,7 @@ def cached(tmp_path_factory, shared_data):
     data = copy_catalog(shared_data, root / "data")
     home = root / "home"
     home.mkdir()
-    Catalog(home / "catalog.db").ingest(data / "catalog.json")
+    Catalog(home / "catalog.db").ingest(data / "catalog.json", [shared_data])
     server = start_server(home, workers=2)
     yield server, data, home
     stop_server(server)
@@ -95,7 +96,7 @@ def test_reingest_invalidates_exactly_the_tiles_that_used_the_item(cached):
     document = json.loads(path.read_text())
     document["properties"]["testdata:note"] = "re-processed"
     path.write_text(json.dumps(document))
-    report = Catalog(home / "catalog.db").ingest(data / "catalog.json")
+    report = Catalog(home / "catalog.db").ingest(data / "catalog.json", [SHARED_DATA])
     assert report.items_updated == 1
     after = {name: server.get(url).headers["X-Cache"] for name, url in urls.items()}
     assert after == {"changed item": "miss", "other item": "hit", "composite with it": "miss", "composite without it": "hit"}

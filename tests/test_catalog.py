@@ -60,7 +60,9 @@ def catalog(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Cata
 
 @pytest.fixture
 def data_copy(shared_data: Path, tmp_path: Path) -> Path:
-    """Copy of the shared catalog: JSON files copied (free to edit), other files symlinked (free to delete)."""
+    """Copy of the shared catalog: JSON files copied (free to edit), other files symlinked (free to delete).
+
+    The symlinks point outside the copy: ingest it with `allowed_roots=[shared_data]`."""
 
     def copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst) if src.endswith(".json") else os.symlink(src, dst)
@@ -100,7 +102,7 @@ def test_ingest_whole_catalog(shared_data: Path, tmp_path: Path) -> None:
 
     red = item.assets["red"]
     assert red.href == str(path.parent / "B04.tif")  # absolute
-    assert item.stac["assets"]["red"]["href"] == red.href == red.stac["href"]
+    assert item.stac["assets"]["red"]["href"] == red.stac["href"] == f"{TS}/{S2_0810}/B04.tif"  # relative to the root
     assert red.roles == ("data", "reflectance")
     assert len(red.bands) == 1
     assert red.bands[0].scale == 0.0001 and red.bands[0].offset == 0.0
@@ -145,10 +147,10 @@ def test_collections(catalog: Catalog, shared_data: Path) -> None:
         catalog.search("nope")
 
 
-def test_collection_extent_falls_back_to_items(data_copy: Path, tmp_path: Path) -> None:
+def test_collection_extent_falls_back_to_items(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
     edit_json(data_copy / L1C / "collection.json", lambda doc: doc.pop("extent"))
     catalog = Catalog(tmp_path / "catalog.db")
-    catalog.ingest(data_copy / L1C / "collection.json")
+    catalog.ingest(data_copy / L1C / "collection.json", [shared_data])
     collection = catalog.collection(L1C)
     assert collection.interval == (utc(2015, 7, 11, 10, 0, 8), utc(2015, 9, 9, 10, 0, 17))
     assert collection.bbox == pytest.approx((14.5513398, 45.8658894, 14.5642893, 45.8750272), abs=1e-4)
@@ -159,10 +161,15 @@ def test_ingest_directory_collection_and_single_item(shared_data: Path, tmp_path
     report = catalog.ingest(item_json(shared_data, TS, S2_0813))  # brings its collection document along
     assert (report.collections, report.items_added) == ((TS,), 1)
     assert ids(catalog.search(TS)) == [S2_0813]
+    assert catalog.item(TS, S2_0813).stac["assets"]["red"]["href"] == "B04.tif"  # relative to the item's folder
     report = catalog.ingest(shared_data / TS / "collection.json")
-    assert (len(report.collections), report.items_added, report.items_unchanged) == (1, 4, 1)
+    # The item's hrefs are now relative to the collection's folder: its STAC document changed.
+    assert (len(report.collections), report.items_added, report.items_updated) == (1, 4, 1)
+    assert catalog.item(TS, S2_0813).stac["assets"]["red"]["href"] == f"{S2_0813}/B04.tif"
     report = catalog.ingest(str(shared_data))  # a directory: its catalog.json
-    assert (len(report.collections), report.items_added, report.items_unchanged) == (4, 7, 5)
+    assert (len(report.collections), report.items_added, report.items_updated) == (4, 7, 5)
+    report = catalog.ingest(shared_data)
+    assert (report.items_added, report.items_updated, report.items_unchanged) == (0, 0, 12)
 
 
 def test_reingest_changes_nothing(shared_data: Path, tmp_path: Path) -> None:
@@ -178,14 +185,14 @@ def test_reingest_changes_nothing(shared_data: Path, tmp_path: Path) -> None:
     assert {i.id: i.version for c in versions for i in catalog.search(c)} == item_versions
 
 
-def test_changed_item_gets_new_version(data_copy: Path, tmp_path: Path) -> None:
+def test_changed_item_gets_new_version(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog.db")
-    catalog.ingest(data_copy)
+    catalog.ingest(data_copy, [shared_data])
     old = {i.id: i.version for i in catalog.search(TS)}
     versions = {c.id: catalog.version(c.id) for c in catalog.collections()}
     edit_json(item_json(data_copy, TS, S2_0818), lambda doc: doc["properties"].pop("eo:cloud_cover"))
 
-    report = catalog.ingest(data_copy)
+    report = catalog.ingest(data_copy, [shared_data])
     assert (report.items_added, report.items_updated, report.items_unchanged) == (0, 1, 11)
     new = {i.id: i.version for i in catalog.search(TS)}
     assert new[S2_0818] != old[S2_0818]
@@ -251,7 +258,7 @@ def test_broken_catalog_leaves_database_unchanged(corrupt, shared_data: Path, da
     # The copy lives elsewhere, so every item would be rewritten (new hrefs) if the ingest were not atomic.
     path, field = corrupt(data_copy)
     with pytest.raises(CatalogError) as raised:
-        catalog.ingest(data_copy)
+        catalog.ingest(data_copy, [shared_data])
     assert (raised.value.path, raised.value.field) == (str(path), field)
     assert str(path) in str(raised.value) and field in str(raised.value)
     assert dump(tmp_path / "catalog.db") == before
@@ -273,10 +280,10 @@ def test_failure_while_writing_rolls_back(
 
     monkeypatch.setattr(Catalog, "_replace_item", fail_on_the_sixth)
     with pytest.raises(sqlite3.OperationalError):
-        catalog.ingest(data_copy)  # every item changes: its hrefs point into the copy
+        catalog.ingest(data_copy, [shared_data])  # every item changes: its hrefs point into the copy
     assert dump(tmp_path / "catalog.db") == before
     monkeypatch.undo()
-    assert catalog.ingest(data_copy).items_updated == 12
+    assert catalog.ingest(data_copy, [shared_data]).items_updated == 12
 
 
 def test_item_of_unknown_collection(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
@@ -284,11 +291,11 @@ def test_item_of_unknown_collection(shared_data: Path, data_copy: Path, tmp_path
     edit_json(path, lambda doc: doc.update(links=[]))
     catalog = Catalog(tmp_path / "catalog.db")
     with pytest.raises(CatalogError) as raised:
-        catalog.ingest(path)
+        catalog.ingest(path, [shared_data])
     assert (raised.value.path, raised.value.field) == (str(path), "collection")
     assert catalog.collections() == []
     catalog.ingest(shared_data / TS / "collection.json")
-    assert catalog.ingest(path).items_updated == 1  # now its collection is known
+    assert catalog.ingest(path, [shared_data]).items_updated == 1  # now its collection is known
 
 
 def test_resolve_href() -> None:

@@ -115,7 +115,8 @@ def s3(tmp_path_factory) -> S3:
 
 
 def make_home(root: Path, shared_data: Path) -> Path:
-    """A JEO_HOME with the 33TWM time series and a copy of it whose scene BROKEN_ITEM has an unreadable B04."""
+    """A JEO_HOME with the 33TWM time series and a copy of it whose scene BROKEN_ITEM has an unreadable B04
+    (broken after the ingest, which refuses rasters that are not GeoTIFFs)."""
     from mosaics.catalog import Catalog
 
     home = root / "home"
@@ -130,14 +131,15 @@ def make_home(root: Path, shared_data: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
             target.write_text(path.read_text().replace(C, BROKEN))
-        elif path.parent.name == BROKEN_ITEM and path.name == "B04.tif":
-            target.write_bytes(b"this is not a GeoTIFF")
         else:
             target.symlink_to(path)
     catalog = Catalog(home / "catalog.db")
     catalog.ingest(source / "collection.json")
-    catalog.ingest(broken / "collection.json")
+    catalog.ingest(broken / "collection.json", [shared_data])
     catalog.close()
+    unreadable = broken / BROKEN_ITEM / "B04.tif"
+    unreadable.unlink()
+    unreadable.write_bytes(b"this is not a GeoTIFF")
     return home
 
 
@@ -431,6 +433,8 @@ def test_stac_item_and_listing(xserver, whole):
     assert west < 15.7 < east and south < 46.45 < north
     asset = item["assets"]["data"]
     assert asset["href"] == f"{xserver.url}/exports/{record['id']}/result" and "cloud-optimized" in asset["type"]
+    assert (xserver.home / "exports" / asset["jeo:location"]).is_file()  # relative to the export root
+    assert not asset["jeo:location"].startswith("/")
     assert [b["name"] for b in asset["raster:bands"]] == ["red", "green", "blue"]
     listed = xserver.get("/exports", params={"status": "finished"}).json()["exports"]
     assert record["id"] in {e["id"] for e in listed} and {e["status"] for e in listed} == {"finished"}

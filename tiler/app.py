@@ -32,7 +32,7 @@ COLLECTION_PREFIX = "/collections/{collection_id}"
 
 
 def catalog_epsg_codes(catalog: Catalog) -> set[int]:
-    """EPSG codes of the newest item of every collection."""
+    """EPSG codes of the newest item of every collection (as stored: `supported_tms` keeps the UTM zones)."""
     codes: set[int] = set()
     for collection in catalog.collections():
         for item in catalog.search(collection.id, limit=1):

@@ -31,11 +31,14 @@ def main():
 @click.option("--access", type=click.Choice(["public", "restricted"]), default=None,
               help="Access level of the collections read (default: new ones public, known ones unchanged).")
 def ingest(path: str, access: str | None):
-    """Ingest a static STAC catalog, collection or item (local path or s3:// URL)."""
+    """Ingest a static STAC catalog, collection or item (local path or s3:// URL).
+
+    Its files must be inside its own folder (or S3 prefix) or JEO_INGEST_ALLOWED_ROOTS.
+    """
     from mosaics.errors import CatalogError
 
     try:
-        report = _catalog().ingest(path, access=access)
+        report = _catalog().ingest(path, get_settings().allowed_roots, access=access)
     except CatalogError as error:
         raise click.ClickException(str(error)) from None
     click.echo(
@@ -159,7 +162,7 @@ def serve(host: str, port: int, workers: int):
 def demo(data: str | None, host: str, port: int):
     """Ingest the demo data and serve it, printing the viewer URL."""
     source = data or str(SHARED_DATA if SHARED_DATA.exists() else SAMPLE_CATALOG)
-    report = _catalog().ingest(source)
+    report = _catalog().ingest(source, get_settings().allowed_roots)
     click.echo(f"ingested {source}: {', '.join(report.collections)}")
     click.echo(f"viewer: http://{host}:{port}/viewer   WMTS: http://{host}:{port}/wmts?SERVICE=WMTS&REQUEST=GetCapabilities")
     serve_app(host, port, 1)

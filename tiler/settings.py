@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         True, description="Callers without a token may submit exports (shared by all of them); "
         "set false on a shared server so that only tokens created with `--exports` can."
     )
+    ingest_allowed_roots: str = Field(
+        "", description="Comma-separated folders and `s3://bucket[/prefix]` URLs where `jeo ingest` also accepts "
+        "asset hrefs and links (besides the ingested document's own folder or prefix); symlinks count by their target.",
+    )
+    stac_asset_base_url: str | None = Field(
+        None, description="Base URL that STAC responses join asset hrefs (relative to their ingest root) to, "
+        "e.g. `https://data.example.org/eo/`; unset: the relative hrefs, so no server path is shown.",
+    )
 
     # --- exports (tiler/exports) ---
     export_root: Path | None = Field(None, description="Export results named by a plain `destination`; default `$JEO_HOME/exports`.")
@@ -115,6 +123,11 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """Where the catalog lives."""
         return self.database or self.home / "catalog.db"
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """`ingest_allowed_roots` as a tuple."""
+        return tuple(root.strip() for root in self.ingest_allowed_roots.split(",") if root.strip())
 
     @property
     def export_root_path(self) -> Path:

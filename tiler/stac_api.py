@@ -1,8 +1,13 @@
-"""STAC-shaped read-only API over the catalog: /collections, /collections/{id}, …/items, …/items/{id}."""
+"""STAC-shaped read-only API over the catalog: /collections, /collections/{id}, …/items, …/items/{id}.
+
+Asset hrefs are shown relative to the root they were ingested from, or joined to `JEO_STAC_ASSET_BASE_URL`:
+never as the server's own paths.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.requests import Request
@@ -32,10 +37,17 @@ def collection_json(request: Request, collection: Collection) -> dict[str, Any]:
     return body
 
 
+def public_href(request: Request, href: str) -> str:
+    """An asset href as clients see it: relative to its ingest root, or joined to the configured base URL."""
+    base = request.app.state.settings.stac_asset_base_url
+    return f"{base.rstrip('/')}/{quote(href)}" if base else href
+
+
 def item_json(request: Request, item: Item) -> dict[str, Any]:
     """A STAC Item for a catalog item, links pointing into this API, tiles linked."""
     base = f"{_base(request)}/collections/{item.collection}"
     body = {k: v for k, v in item.stac.items() if k != "links"}
+    body["assets"] = {key: {**asset, "href": public_href(request, asset["href"])} for key, asset in body["assets"].items()}
     body["links"] = [
         {"rel": "self", "href": f"{base}/items/{item.id}", "type": "application/geo+json"},
         {"rel": "collection", "href": base, "type": "application/json"},

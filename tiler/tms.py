@@ -13,8 +13,13 @@ from mosaics.errors import InvalidParameter
 _UTM_TEMPLATE = "UTM31WGS84Quad"
 
 
+def is_utm(epsg: object) -> bool:
+    """Whether `epsg` is the EPSG code of a WGS 84 / UTM zone: 32601–32660 (north), 32701–32760 (south)."""
+    return isinstance(epsg, int) and not isinstance(epsg, bool) and epsg // 100 in (326, 327) and 1 <= epsg % 100 <= 60
+
+
 def utm_tms(epsg: int) -> TileMatrixSet:
-    """`UTM{zone}{N|S}WGS84Quad` for a WGS 84 / UTM EPSG code (326zz north, 327zz south)."""
+    """`UTM{zone}{N|S}WGS84Quad` for a WGS 84 / UTM EPSG code (`is_utm`)."""
     zone, hemisphere = epsg % 100, {326: "N", 327: "S"}[epsg // 100]
     crs = f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"
     body = morecantile.tms.get(_UTM_TEMPLATE).model_dump(mode="json", exclude_none=True)
@@ -24,9 +29,10 @@ def utm_tms(epsg: int) -> TileMatrixSet:
     return TileMatrixSet.model_validate(body)
 
 
-def supported_tms(epsg_codes: Iterable[int]) -> TileMatrixSets:
-    """morecantile's default sets plus UTM quads for the given EPSG codes."""
-    utm = [utm_tms(code) for code in sorted(set(epsg_codes)) if code // 100 in (326, 327)]
+def supported_tms(epsg_codes: Iterable[object]) -> TileMatrixSets:
+    """morecantile's default sets plus UTM quads for the UTM zones among `epsg_codes` (other values are ignored,
+    so that a bad `proj:epsg` in the catalog never stops the server from starting)."""
+    utm = [utm_tms(code) for code in sorted({code for code in epsg_codes if is_utm(code)})]
     return morecantile.tms.register({t.id: t for t in utm if t.id not in morecantile.tms.list()})
 
 

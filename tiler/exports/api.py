@@ -65,6 +65,14 @@ def record_json(request: Request, record: ExportRecord, chunks: list[dict[str, A
     }
 
 
+def result_location(request: Request, result: str | None) -> str | None:
+    """Where the result is stored, without server paths: the S3 URL, or the path under the export root."""
+    if result is None or result.startswith("s3://"):
+        return result
+    path, root = FilePath(result), request.app.state.settings.export_root_path
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
 def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
     """A STAC Item describing a finished export's result."""
     plan = record.plan
@@ -112,7 +120,7 @@ def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
                 "type": plan.media_type,
                 "title": f"{plan.collection} {plan.compositing['method']} composite",
                 "roles": ["data"],
-                "jeo:location": record.result,
+                "jeo:location": result_location(request, record.result),
                 "raster:bands": [
                     {"name": d, "data_type": "float32", "nodata": "nan"} for d in plan.descriptions
                 ],
