@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -216,8 +217,8 @@ def test_s3_catalog_with_an_asset_in_another_bucket(s3, shared_data, tmp_path, m
 # --- ingest: rasters -----------------------------------------------------------------------------------
 
 
-def hostile_rasters(listener: Listener, real: Path) -> dict[str, callable]:
-    """Ways to make `path` a raster that names other files, by case name."""
+def hostile_rasters(listener: Listener, real: Path) -> dict[str, Callable[[Path], None]]:
+    """Ways to make a file a raster that names other files (`real`: a COG to take pixels from), by case name."""
     return {
         "VRT named .tif, source over HTTP": lambda path: replace(path, vrt(f"/vsicurl/{listener.url}/vrt-source.tif")),
         "VRT named .tif, source /etc/passwd": lambda path: replace(path, vrt("/etc/passwd")),
