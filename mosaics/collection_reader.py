@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +20,10 @@ from mosaics.catalog import Catalog
 from mosaics.composite import (
     CloudMask, Compositing, Observations, Selection, candidates, composite, explain_point, observe,
 )
-from mosaics.corrections import Corrector
+from mosaics.corrections import Corrector, check as check_correction
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
+from mosaics.limits import Limits, MemoryEstimate
 from mosaics.models import Collection, Item
 from mosaics.reader import SceneReader
 from mosaics.recipe import Recipe
@@ -36,7 +39,7 @@ class CollectionStack:
     pool: ThreadPoolExecutor
     corrector: Corrector
     minzoom: int = 0
-    max_bytes: int = 512 * 2**20
+    limits: Limits | None = None
 
     def latest(self, intersects: dict[str, Any] | None = None) -> Item | None:
         """The newest item matching the selection's dates (and touching `intersects`, GeoJSON in EPSG:4326), for
@@ -124,11 +127,11 @@ class CollectionReader(SpatialMixin):
 
     def read_grid(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> ImageData:
         """The composite on any grid (a tile, an area subset); `metadata` as for tiles."""
-        self._check_memory(recipe, compositing, grid.width * grid.height)
-        result = composite(
-            self.input.catalog, self.input.collection.id, grid,
-            recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
-        )
+        with self._admit(recipe, compositing, grid, image=True):
+            result = composite(
+                self.input.catalog, self.input.collection.id, grid,
+                recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
+            )
         return ImageData(
             np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),
             assets=[item.id for item in result.items],
@@ -145,11 +148,11 @@ class CollectionReader(SpatialMixin):
 
     def observe(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> Observations:
         """Every selected scene's usable values on `grid`, not composited (time series, per-date statistics)."""
-        self._check_memory(recipe, compositing, grid.width * grid.height)
-        return observe(
-            self.input.catalog, self.input.collection.id, grid,
-            recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
-        )
+        with self._admit(recipe, compositing, grid):
+            return observe(
+                self.input.catalog, self.input.collection.id, grid,
+                recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
+            )
 
     def point(
         self, lon: float, lat: float, assets: list[str] | None = None, expression: str | None = None,
@@ -158,18 +161,32 @@ class CollectionReader(SpatialMixin):
         """Candidate scenes' values and mask state at a point, and the result and choice of each method."""
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
-        return explain_point(
-            self.input.catalog, self.input.collection.id, lon, lat, Recipe.from_params(assets, expression, index),
-            self.compositing(cloud_mask=cloud_mask, correction=correction), self.input.selection, self.input.pool,
-            self.input.corrector,
-        )
-
-    def _check_memory(self, recipe: Recipe, compositing: Compositing, pixels: int) -> None:
-        """items × bands × pixels × 4 bytes must stay within `max_bytes`."""
-        bands = len(recipe.names) + (2 if compositing.method == "max_ndvi" else 0) + 1
-        needed = self.input.selection.max_items * bands * pixels * 4
-        if needed > self.input.max_bytes:
-            raise InvalidParameter(
-                "max_items", f"{self.input.selection.max_items} items × {bands} bands × {pixels:,} px × 4 B = "
-                f"{needed / 2**20:.0f} MiB exceeds the {self.input.max_bytes / 2**20:.0f} MiB per-request limit",
+        recipe = Recipe.from_params(assets, expression, index)
+        compositing = self.compositing(cloud_mask=cloud_mask, correction=correction)
+        with self._admit(recipe, compositing, Grid((lon, lat, lon, lat), WGS84_CRS, 1, 1)):
+            return explain_point(
+                self.input.catalog, self.input.collection.id, lon, lat, recipe, compositing,
+                self.input.selection, self.input.pool, self.input.corrector,
             )
+
+    @contextmanager
+    def _admit(self, recipe: Recipe, compositing: Compositing, grid: Grid, image: bool = False) -> Iterator[None]:
+        """Before anything is read: the recipe and correction against the newest scene, the output bands of an
+        `image`, and the memory bound of `max_items` scenes on `grid` grown by the mask-dilation margin, whose
+        estimate is then held in the budget."""
+        if self._latest is not None:
+            keys = list(dict.fromkeys(recipe.resolve(self._latest).values()))
+            check_correction(compositing.correction, self._latest, keys)
+        limits = self.input.limits
+        if limits is None:
+            yield
+            return
+        if image:
+            limits.check_outputs(recipe)
+        bands = len(recipe.names) + (2 if compositing.method == "max_ndvi" else 0) + 1  # NDVI bands, mask
+        estimate = MemoryEstimate(
+            self.input.selection.max_items, bands, len(recipe.descriptions), grid.width, grid.height,
+            compositing.mask_dilation,
+        )
+        with limits.admit(estimate, "max_items"):
+            yield

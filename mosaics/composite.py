@@ -19,7 +19,6 @@ from datetime import datetime
 
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
 from rio_tiler.errors import RioTilerError
 
 from algorithms import composite as kernels
@@ -29,7 +28,7 @@ from mosaics.corrections import CORRECTIONS, Corrector
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
 from mosaics.grid import Grid
 from mosaics.models import Item
-from mosaics.reader import read_pixel, read_window
+from mosaics.reader import READ_ERRORS, read_pixel, read_window
 from mosaics.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -214,7 +213,7 @@ def _read_scene(
             mask = read(item, [mask_key], mask_options)
             mask_value = mask.data[0]
             valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask_value)) & ~np.ma.getmaskarray(mask)[0]
-    except (RasterioError, RioTilerError, OSError) as error:
+    except (*READ_ERRORS, RioTilerError) as error:
         raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
     if compositing.mask_dilation:
         valid = masks.dilate_invalid(valid, compositing.mask_dilation)

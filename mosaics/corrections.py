@@ -9,6 +9,7 @@ dark values computed once per scene from an overview and stored in `$JEO_HOME/da
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,18 +40,30 @@ def _landsat_band(asset: Asset) -> int:
     raise InvalidParameter("correction", f"asset '{asset.key}' is not a numbered Landsat band")
 
 
-def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
+def _reflectance_bands(item: Item, keys: list[str]) -> tuple[dict[str, float | str], list[int]]:
+    """The item's MTL and the Landsat band numbers of `keys`; InvalidParameter when one is not reflective."""
     if "mtl" not in item.assets:
         raise InvalidParameter("correction", f"toa needs an MTL asset; item '{item.id}' has none")
     mtl = _mtl(item.assets["mtl"].href, item.version)
     bands = [_landsat_band(item.assets[k]) for k in keys]
+    for key, band in zip(keys, bands):
+        if f"REFLECTANCE_MULT_BAND_{band}" not in mtl:
+            raise InvalidParameter(
+                "correction", f"toa/dos apply to reflective bands; '{key}' (B{band}) of '{item.id}' is not one"
+            )
+    return mtl, bands
+
+
+def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
+    mtl, bands = _reflectance_bands(item, keys)
     mult = [float(mtl[f"REFLECTANCE_MULT_BAND_{b}"]) for b in bands]
     add = [float(mtl[f"REFLECTANCE_ADD_BAND_{b}"]) for b in bands]
     return kernels.landsat_toa_reflectance(dn, mult, add, float(mtl["SUN_ELEVATION"]), nodata=None)
 
 
-def check(correction: str, item: Item) -> None:
-    """InvalidParameter naming `correction` when it cannot apply to `item` (checked before reading)."""
+def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:
+    """InvalidParameter naming `correction` when it cannot apply to `item` or its assets `keys` (checked
+    before reading)."""
     if correction not in CORRECTIONS:
         raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
     if correction == "s2_harmonize" and not item.processing_baseline:
@@ -58,6 +71,8 @@ def check(correction: str, item: Item) -> None:
     if correction in ("toa", "dos"):
         if "mtl" not in item.assets and (item.properties.get("processing:level") or "").upper() != "L1C":
             raise InvalidParameter("correction", f"{correction} needs a Level-1 (TOA) product; '{item.id}' is not one")
+        if "mtl" in item.assets:
+            _reflectance_bands(item, list(keys))
 
 
 class Corrector:
@@ -68,7 +83,7 @@ class Corrector:
 
     def physical(self, correction: str, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
         """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
-        check(correction, item)
+        check(correction, item, keys)
         if correction == "none":
             return to_physical(raw, [item.assets[k] for k in keys])
         if correction == "s2_harmonize":

@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import re
+
+# URLs and GDAL virtual paths anywhere; other absolute paths (also quoted ones, which may hold spaces) only
+# when their first directory exists on this host, so that URL paths like `/collections/…` stay.
+_URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|/vsi[a-z0-9_]+/)[^\s'\",;()<>]+", re.IGNORECASE)
+_QUOTED_PATH = re.compile(r"(?<=['\"])/[^'\"]+(?=['\"])")
+_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\",;:()<>]+")
+
+
+def _basename(match: re.Match) -> str:
+    text = match.group(0)
+    if text.startswith("/") and not text.lower().startswith("/vsi"):
+        first = text.split("/")[1]
+        if not first or not os.path.isdir("/" + first):
+            return text
+    return text.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "…"
+
+
+def redact_paths(text: str) -> str:
+    """`text` with server file paths and URLs replaced by their last component (for messages sent to clients)."""
+    for pattern in (_URL, _QUOTED_PATH, _PATH):
+        text = pattern.sub(_basename, text)
+    return text
+
 
 class JeoError(Exception):
     """Base class of jeo-tiler errors."""
@@ -32,8 +57,11 @@ class CatalogError(JeoError):
 
 
 class SceneReadError(JeoError):
-    """An item's asset could not be read (missing, truncated or unreadable file)."""
+    """An item's asset could not be read (missing, truncated or unreadable file). HTTP 502.
+
+    The message names the item and asset; file paths in `cause` are reduced to file names.
+    """
 
     def __init__(self, item_id: str, asset: str, cause: str):
         self.item_id, self.asset = item_id, asset
-        super().__init__(f"item '{item_id}' asset '{asset}': {cause}")
+        super().__init__(f"item '{item_id}' asset '{asset}': {redact_paths(cause)}")

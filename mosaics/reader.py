@@ -9,32 +9,43 @@ band math always works on physical values (e.g. reflectance 0–1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import attr
 import numpy as np
 from affine import Affine
 from morecantile import Tile, TileMatrixSet
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
 from rio_tiler import reader as rio_reader
 from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import MultiBaseReader
 from rio_tiler.models import ImageData, PointData
 from rio_tiler.types import AssetInfo
+from rio_tiler.utils import _get_width_height
 from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
 from mosaics.datasets import POOL, PooledReader, gdal_path
-from mosaics.errors import InvalidParameter
+from mosaics.errors import InvalidParameter, SceneReadError
 from mosaics.grid import Grid
+from mosaics.limits import Limits, MemoryEstimate
 from mosaics.models import Asset, Item
 from mosaics.pixelmap import SourceGrid, pixel_map
 from mosaics.recipe import Recipe
+
+
+# What reading a missing, truncated or unreadable file raises (GDAL errors may come through as CPLE_*).
+READ_ERRORS = (RasterioError, CPLE_BaseError, OSError)
 
 
 def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:
@@ -122,13 +133,18 @@ def read_pixel(item: Item, keys: Sequence[str], lon: float, lat: float, nodata: 
 
 @attr.s
 class SceneReader(MultiBaseReader):
-    """Read one item's assets as physical values and evaluate a `Recipe` on them."""
+    """Read one item's assets as physical values and evaluate a `Recipe` on them.
+
+    With `limits`, every read is checked against them before anything is read and holds its memory estimate
+    in the budget while it runs. Unreadable assets raise `SceneReadError` naming the item (HTTP 502).
+    """
 
     input: Item = attr.ib()
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
     minzoom: int | None = attr.ib(default=None)
     maxzoom: int | None = attr.ib(default=None)
     reader_options: dict = attr.ib(factory=dict)
+    limits: Limits | None = attr.ib(default=None)
 
     def __attrs_post_init__(self):
         item = self.input
@@ -148,6 +164,8 @@ class SceneReader(MultiBaseReader):
 
     def _get_asset_info(self, asset: str) -> AssetInfo:
         meta = self.input.asset(asset)  # NotFound (404) names an unknown asset
+        if not meta.is_raster:
+            raise InvalidParameter("assets", f"'{asset}' of item '{self.input.id}' is not a raster band")
         nodata = asset_nodata(meta)
         options: dict[str, Any] = {} if nodata is None else {"nodata": nodata}
         return AssetInfo(
@@ -173,10 +191,52 @@ class SceneReader(MultiBaseReader):
         """What a cached tile depends on in the catalog: this item's version."""
         return {self.input.id: self.input.version}
 
-    def _image(self, method: str, recipe: Recipe, *args: Any, **kwargs: Any) -> ImageData:
-        keys = recipe.resolve(self.input)
-        raw = getattr(super(), method)(*args, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)
-        return self._output(recipe, keys, raw.array, raw.bounds, raw.crs)
+    @contextmanager
+    def _reading(self, recipe: Recipe, keys: dict[str, str], height: int, width: int, margin: float = 0,
+                 parameter: str | None = None) -> Iterator[list[str]]:
+        """The asset keys to read, after the limits admitted the read; read errors become `SceneReadError`."""
+        order = list(dict.fromkeys(keys.values()))
+        admission = nullcontext()
+        if self.limits is not None:
+            estimate = MemoryEstimate(1, len(order), len(recipe.descriptions), width, height, margin)
+            admission = self.limits.admit(estimate, parameter or recipe.parameter)
+        with admission, self._scene_errors(order):
+            yield order
+
+    @contextmanager
+    def _scene_errors(self, keys: Sequence[str]) -> Iterator[None]:
+        """Read errors (missing, truncated or unreadable files) as `SceneReadError` naming the item."""
+        try:
+            yield
+        except READ_ERRORS as error:
+            raise SceneReadError(self.input.id, ",".join(keys), str(error)) from None
+
+    def info(self, assets: Sequence[str] | str | None = None, **kwargs: Any) -> dict:  # type: ignore[override]
+        """rio-tiler's info of raster assets (all by default)."""
+        keys = [assets] if isinstance(assets, str) else list(assets or self.assets)
+        with self._scene_errors(keys):
+            return super().info(assets=keys, **kwargs)
+
+    def _image_shape(self, bounds: tuple[float, float, float, float] | None, width: int | None,
+                     height: int | None, max_size: int | None, crs: CRS | None = None) -> tuple[int, int]:
+        """(height, width) of a preview (`bounds` None) or part as rio-tiler will read it."""
+        if getattr(self, "transform", None) is None:  # no projection metadata: a square guess
+            side = width or height or max_size or 1024
+            return height or side, width or side
+        native_h, native_w = self.height, self.width
+        if bounds is not None:
+            left, bottom, right, top = transform_bounds(crs or WGS84_CRS, self.crs, *bounds, densify_pts=21)
+            native_w = max(1, math.ceil((right - left) / abs(self.transform.a)))
+            native_h = max(1, math.ceil((top - bottom) / abs(self.transform.e)))
+        if width and height:
+            return height, width
+        if width:
+            return max(1, math.ceil(width * native_h / native_w)), width
+        if height:
+            return height, max(1, math.ceil(height * native_w / native_h))
+        if max_size:
+            return _get_width_height(max_size, native_h, native_w)
+        return native_h, native_w
 
     def _output(self, recipe: Recipe, keys: dict[str, str], raw: np.ma.MaskedArray, bounds, crs) -> ImageData:
         values = self._evaluate(recipe, keys, raw)
@@ -209,22 +269,43 @@ class SceneReader(MultiBaseReader):
 
     def read_grid(self, grid: Grid, recipe: Recipe, **kwargs: Any) -> ImageData:
         """The recipe's output bands on any grid (a tile, an area subset), read like tiles."""
+        if self.limits is not None:
+            self.limits.check_outputs(recipe)
         keys = recipe.resolve(self.input)
-        raw = read_window(self.input, list(dict.fromkeys(keys.values())), grid, **kwargs)
-        return self._output(recipe, keys, raw, grid.bounds, grid.crs)
+        with self._reading(recipe, keys, grid.height, grid.width) as order:
+            raw = read_window(self.input, order, grid, **kwargs)
+            return self._output(recipe, keys, raw, grid.bounds, grid.crs)
+
+    def _image(self, method: str, bbox: tuple[float, float, float, float] | None, recipe: Recipe,
+               max_size: int | None, width: int | None, height: int | None, **kwargs: Any) -> ImageData:
+        """rio-tiler's preview (`bbox` None) or part of the recipe's input assets, then the recipe."""
+        if self.limits is not None:
+            self.limits.check_outputs(recipe)
+        keys = recipe.resolve(self.input)
+        rows, cols = self._image_shape(bbox, width, height, max_size, kwargs.get("bounds_crs"))
+        with self._reading(recipe, keys, rows, cols, parameter="width" if width or height else "max_size") as order:
+            raw = getattr(super(), method)(
+                *(() if bbox is None else (bbox,)), assets=order, asset_as_band=True,
+                max_size=max_size, width=width, height=height, **kwargs,
+            )
+            return self._output(recipe, keys, raw.array, raw.bounds, raw.crs)
 
     def preview(  # type: ignore[override]
-        self, assets: Sequence[str] | None = None, expression: str | None = None, index: str | None = None, **kwargs: Any
+        self, assets: Sequence[str] | None = None, expression: str | None = None, index: str | None = None,
+        max_size: int | None = 1024, width: int | None = None, height: int | None = None, **kwargs: Any,
     ) -> ImageData:
         """A low-resolution view of the whole item."""
-        return self._image("preview", Recipe.from_params(assets, expression, index), **kwargs)
+        recipe = Recipe.from_params(assets, expression, index)
+        return self._image("preview", None, recipe, max_size, width, height, **kwargs)
 
     def part(  # type: ignore[override]
         self, bbox: tuple[float, float, float, float], assets: Sequence[str] | None = None,
-        expression: str | None = None, index: str | None = None, **kwargs: Any,
+        expression: str | None = None, index: str | None = None, max_size: int | None = None,
+        width: int | None = None, height: int | None = None, **kwargs: Any,
     ) -> ImageData:
         """The recipe's output over `bbox` (in `bounds_crs`, default EPSG:4326)."""
-        return self._image("part", Recipe.from_params(assets, expression, index), bbox, **kwargs)
+        recipe = Recipe.from_params(assets, expression, index)
+        return self._image("part", bbox, recipe, max_size, width, height, **kwargs)
 
     def point(  # type: ignore[override]
         self, lon: float, lat: float, assets: Sequence[str] | None = None, expression: str | None = None,
@@ -236,8 +317,9 @@ class SceneReader(MultiBaseReader):
         given = assets or expression or index
         recipe = Recipe.from_params(assets, expression, index) if given else Recipe(assets=tuple(self.assets))
         keys = recipe.resolve(self.input)
-        raw = super().point(lon, lat, assets=list(dict.fromkeys(keys.values())), asset_as_band=True, **kwargs)
-        values = self._evaluate(recipe, keys, raw.array.reshape(-1, 1, 1)).reshape(-1)
+        with self._reading(recipe, keys, 1, 1) as order:
+            raw = super().point(lon, lat, assets=order, asset_as_band=True, **kwargs)
+            values = self._evaluate(recipe, keys, raw.array.reshape(-1, 1, 1)).reshape(-1)
         return PointData(
             np.ma.MaskedArray(values, mask=~np.isfinite(values)),
             band_names=recipe.descriptions,

@@ -47,6 +47,8 @@ class Recipe:
             raise InvalidParameter("index", f"unknown index '{self.index}'; known: {', '.join(INDICES)}")
         if self.expression is not None:
             object.__setattr__(self, "_expression", _compiled(self.expression))
+            if not self._expression.names:
+                raise InvalidParameter("expression", f"'{self.expression}' names no band (e.g. `B04 * 2`)")
 
     @classmethod
     def from_params(
@@ -74,9 +76,20 @@ class Recipe:
             return [self.index]
         return list(self.assets)
 
+    @property
+    def parameter(self) -> str:
+        """The request parameter that gives this recipe: `assets`, `expression` or `index`."""
+        return "expression" if self.expression is not None else "index" if self.index is not None else "assets"
+
     def resolve(self, item: Item) -> dict[str, str]:
-        """Map each band name to the key of the item's asset that holds it (NotFound if none does)."""
-        return {name: item.asset(name).key for name in self.names}
+        """Map each band name to the key of the item's raster asset that holds it (NotFound if none does)."""
+        keys = {}
+        for name in self.names:
+            asset = item.asset(name)
+            if not asset.is_raster:
+                raise InvalidParameter(self.parameter, f"'{name}' of item '{item.id}' is not a raster band")
+            keys[name] = asset.key
+        return keys
 
     def evaluate(self, bands: Mapping[str, np.ndarray]) -> np.ndarray:
         """Output bands `float32[outputs, H, W]` from physical values `bands[name] -> float32[H, W]` (NaN = nodata)."""

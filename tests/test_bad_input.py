@@ -11,6 +11,16 @@ C = "sentinel-2-l2a-timeseries"
 I = "S2B_33TWM_20230813_0_L2A"
 TILE = f"/collections/{C}/items/{I}/tiles/WebMercatorQuad/11/1113/727.png"
 NPY = TILE.replace(".png", ".npy")
+PREVIEW = f"/collections/{C}/items/{I}/preview.png"
+POINT = f"/collections/{C}/items/{I}/point/15.8,46.5"
+INFO = f"/collections/{C}/items/{I}/info"
+COMPOSITE = f"/collections/{C}/tiles/WebMercatorQuad/10/555/363.png"
+COMPOSITE_POINT = f"/collections/{C}/point/15.8,46.5"
+L8 = "landsat-8-l1"
+L8_ITEM_TILE = f"/collections/{L8}/items/LC80200392015216LGN00/tiles/WebMercatorQuad/12/1053/1680.png"
+L8_COMPOSITE = f"/collections/{L8}/tiles/WebMercatorQuad/12/1053/1680.png"
+L8_POINT = f"/collections/{L8}/point/-87.4,30.73"
+SEVENTEEN = ";".join(["B04"] * 17)
 
 # (path, query, expected status, text the message must contain)
 CASES = [
@@ -73,6 +83,57 @@ CASES = [
                "TILEMATRIX": "11", "TILEROW": "727", "TILECOL": "1113", "FORMAT": "image/gif"}, 400, "FORMAT"),
     ("/wmts", {"SERVICE": "WMS", "REQUEST": "GetCapabilities"}, 400, "SERVICE"),
     ("/wmts", {"SERVICE": "WMTS", "REQUEST": "GetFeatureInfo"}, 400, "REQUEST"),
+    # resource caps, checked before anything is read (issue 11, item 2)
+    (NPY, {"assets": "red", "buffer": "1000"}, 400, "buffer: 1000 is outside 0–64"),
+    (NPY, {"assets": "red", "buffer": "0.3"}, 400, "buffer"),
+    (NPY, {"assets": "red", "padding": "100000", "resampling": "bilinear"}, 400, "padding: 100000 is outside 0–64"),
+    (NPY, {"assets": "red", "tilesize": "2048"}, 400, "tilesize: a tile of 2048 px is outside 1–1024"),
+    (NPY, {"expression": SEVENTEEN}, 400, "expression: 17 output bands is above the limit of 16"),
+    (NPY, {"assets": ",".join(["red"] * 17)}, 400, "assets: 17 output bands"),
+    (PREVIEW, {"assets": "red", "max_size": "100000"}, 400, "max_size: 100000 px is outside 1–4096"),
+    (f"/collections/{C}/items/{I}/preview/20000x20000.png", {"assets": "red"}, 400, "width: 20000 px"),
+    (PREVIEW, {"assets": "red", "width": "0"}, 400, "width"),
+    (PREVIEW, {"assets": "red", "height": "-5"}, 400, "height"),
+    (PREVIEW, {"expression": SEVENTEEN}, 400, "expression: 17 output bands"),
+    (COMPOSITE, {"assets": "red", "buffer": "1000"}, 400, "buffer"),
+    (COMPOSITE, {"assets": "red", "tilesize": "1500"}, 400, "tilesize"),
+    (COMPOSITE, {"expression": SEVENTEEN}, 400, "expression: 17 output bands"),
+    (COMPOSITE, {"expression": "red;green;blue;nir", "method": "max_ndvi", "max_items": "100", "tilesize": "1024",
+                 "mask_dilation": "50", "buffer": "64"}, 400, "max_items: (100 scenes × 7 bands + 4 outputs)"),
+    # no 5xx from bad input (issue 11, item 3)
+    (TILE, {"expression": "1"}, 400, "expression: '1' names no band"),
+    (TILE, {"expression": "2*3"}, 400, "expression"),
+    (TILE, {"expression": "(1 + 2) / 3; 4"}, 400, "expression"),
+    (POINT, {"expression": "1"}, 400, "expression"),
+    (COMPOSITE, {"expression": "2*3"}, 400, "expression"),
+    (TILE, {"assets": "granule_metadata"}, 400, "assets: 'granule_metadata' of item"),
+    (TILE, {"expression": "granule_metadata * 2"}, 400, "expression: 'granule_metadata'"),
+    (PREVIEW, {"assets": "granule_metadata"}, 400, "assets"),
+    (POINT, {"assets": "granule_metadata"}, 400, "assets"),
+    (INFO, {"assets": "granule_metadata"}, 400, "assets"),
+    (INFO, {"assets": "nope"}, 404, "nope"),
+    (COMPOSITE, {"assets": "granule_metadata"}, 400, "assets"),
+    (COMPOSITE_POINT, {"assets": "granule_metadata"}, 400, "assets"),
+    (L8_ITEM_TILE, {"assets": "mtl"}, 400, "assets: 'mtl'"),
+    (L8_COMPOSITE, {"assets": "mtl"}, 400, "assets: 'mtl'"),
+    (L8_COMPOSITE, {"assets": "lwir11", "correction": "toa", "rescale": "0,1"}, 400, "correction: toa/dos apply to reflective"),
+    (L8_COMPOSITE, {"assets": "red,green,B11", "correction": "toa"}, 400, "correction"),
+    (L8_COMPOSITE, {"assets": "B10", "correction": "dos"}, 400, "correction"),
+    (L8_POINT, {"assets": "lwir12", "correction": "toa"}, 400, "correction"),
+    (TILE, {"assets": "red", "color_formula": "gamma r 999999999"}, 400, "color_formula: needs `rescale`"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "color_formula": "gamma r 0"}, 400, "color_formula"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "color_formula": "saturation 2"}, 400, "color_formula"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "color_formula": "gamma b 2"}, 400, "color_formula"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "color_formula": "sigmoidal r 10 999"}, 400, "color_formula"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "color_formula": "gamma rgb inf"}, 400, "color_formula"),
+    (COMPOSITE, {"assets": "red", "color_formula": "gamma r 2"}, 400, "color_formula"),
+    (PREVIEW, {"assets": "red", "color_formula": "sigmoidal r 10 0.5"}, 400, "color_formula"),
+    (TILE, {"assets": "red", "rescale": "nan,inf"}, 400, "rescale: 'nan,inf' must be two finite numbers"),
+    (TILE, {"assets": "red", "rescale": "0,inf"}, 400, "rescale"),
+    (TILE, {"assets": "red", "rescale": "0.3,0"}, 400, "rescale"),
+    (TILE, {"assets": "red", "rescale": "0.3,0.3"}, 400, "rescale"),
+    (COMPOSITE, {"assets": "red", "rescale": "-inf,0"}, 400, "rescale"),
+    (TILE, {"expression": "red;green;blue;nir;red"}, 400, "format"),
 ]
 
 
@@ -115,3 +176,17 @@ def test_no_file_outside_catalog_is_opened(server, shared_data):
     finally:
         listener.shutdown()
     assert hits == []
+
+
+def test_caps_allow_their_limits(server):
+    """The largest buffer is served (256 + 2 × 64 px); a huge gamma is fine once the values are rescaled."""
+    import io
+
+    import numpy as np
+
+    response = server.get(NPY, params={"assets": "red", "buffer": "64"})
+    assert response.status_code == 200, response.text
+    assert np.load(io.BytesIO(response.content)).shape[-2:] == (384, 384)
+    response = server.get(TILE, params={"assets": "red", "rescale": "0,0.3", "color_formula": "gamma r 999999999"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"

@@ -19,6 +19,7 @@ from tiler.access import AccessMiddleware, catalog_view, identity_provider
 from tiler.exports import api as exports_api
 from tiler.exports.service import ExportService
 from tiler.cache import NoCache, TileCache
+from tiler.dependencies import create_limits
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
 from tiler.middleware import CachedTileMiddleware, PresetMiddleware
 from tiler.presets import PresetRegistry
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="jeo-read")
     app.state.exports = ExportService(settings, catalog, app.state.presets)
     app.state.corrector = Corrector(settings.home / "dark-values")
+    app.state.limits = create_limits(settings)
     app.state.tile_cache = (
         TileCache(settings.cache_path, settings.cache_size_mb * 2**20) if settings.cache_size_mb else NoCache()
     )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Path, Query, Request
-from rio_tiler.types import RIOResampling, WarpResampling
+from pydantic import Field
+from rio_tiler.colormap import cmap as default_cmap
+from rio_tiler.errors import InvalidColorFormat
+from rio_tiler.types import ColorMapType, RIOResampling, WarpResampling
+from titiler.core import dependencies as titiler
 from titiler.core.dependencies import DefaultDependency
 
 from algorithms.indices import INDICES
@@ -14,18 +19,106 @@ from mosaics.collection_reader import CollectionStack
 from mosaics.composite import METHODS, Selection
 from mosaics.corrections import CORRECTIONS
 from mosaics.errors import InvalidParameter
+from mosaics.limits import Limits, MemoryBudget
 from mosaics.models import Item
 from tiler.access import CatalogView, catalog_view
 from tiler.params import parse_datetime
+from tiler.settings import Settings
 
 INDEX_DOC = "Named spectral index, on physical values: " + "; ".join(
     f"`{name}` = {spec.formula}" for name, spec in INDICES.items()
 )
 
 
+def create_limits(settings: Settings) -> Limits:
+    """The request caps of `settings`, with a new per-process memory budget."""
+    return Limits(
+        max_buffer=settings.max_buffer,
+        max_padding=settings.max_padding,
+        max_tile_size=settings.max_tile_size,
+        max_image_size=settings.max_image_size,
+        max_output_bands=settings.max_output_bands,
+        max_bytes=settings.request_max_bytes,
+        budget=MemoryBudget(settings.request_budget_bytes, settings.request_budget_wait),
+    )
+
+
 def get_catalog(request: Request) -> CatalogView:
     """The catalog as the caller sees it: restricted collections without a grant are unknown (404)."""
     return catalog_view(request)
+
+
+def get_limits(request: Request) -> Limits:
+    """The application's request caps and memory budget."""
+    return request.app.state.limits
+
+
+@dataclass
+class LimitsParams(DefaultDependency):
+    """Reader options: the caps and budget every read is checked against (`SceneReader(limits=…)`)."""
+
+    limits: Limits
+
+
+def ReaderParams(request: Request) -> LimitsParams:
+    """The application's limits, for the reader."""
+    return LimitsParams(get_limits(request))
+
+
+def TileParams(
+    buffer: Annotated[
+        float | None,
+        Query(gt=0, description="Pixels added on each side of the tile, a multiple of 0.5 (e.g. 1 → 258 × 258); "
+              "at most `JEO_MAX_BUFFER` (64)."),
+    ] = None,
+    padding: Annotated[
+        int | None,
+        Query(gt=0, description="Source pixels read around the tile to avoid resampling edge artefacts; "
+              "at most `JEO_MAX_PADDING` (64)."),
+    ] = None,
+) -> titiler.TileParams:
+    """Tile `buffer` and `padding` (checked against the limits with the tile size by the tile endpoint)."""
+    return titiler.TileParams(buffer=buffer, padding=padding)
+
+
+def PreviewParams(
+    request: Request,
+    max_size: Annotated[int, Field(description="Longest side of the output, in pixels (default 1024); "
+                                   "at most `JEO_MAX_IMAGE_SIZE` (4096).")] = 1024,
+    height: Annotated[int | None, Field(description="Output height in pixels (at most `JEO_MAX_IMAGE_SIZE`).")] = None,
+    width: Annotated[int | None, Field(description="Output width in pixels (at most `JEO_MAX_IMAGE_SIZE`).")] = None,
+) -> titiler.PreviewParams:
+    """Preview size (query or path parameters), within the limits."""
+    get_limits(request).check_image(width=width, height=height, max_size=max_size)
+    return titiler.PreviewParams(max_size=max_size, height=height, width=width)
+
+
+def ColorMapParams(
+    colormap_name: Annotated[
+        Literal[tuple(default_cmap.list())] | None, Query(description="Named colormap (matplotlib/rio-tiler).")
+    ] = None,
+    colormap: Annotated[
+        str | None,
+        Query(description='JSON colormap: `{"<value>": "<color>", …}` or intervals `[[[min, max], "<color>"], …]` '
+              "(colors as `#rrggbb[aa]` or `[r, g, b, a]`)."),
+    ] = None,
+) -> ColorMapType | None:
+    """titiler's colormap parameters; a malformed `colormap` is a 400 naming it."""
+    try:
+        return titiler.ColorMapParams(colormap_name=colormap_name, colormap=colormap)
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError, InvalidColorFormat) as error:
+        raise InvalidParameter("colormap", f"not a colormap: {error}") from None
+
+
+@dataclass
+class RenderParams(titiler.ImageRenderingParams):
+    """titiler's `rescale`, `color_formula` and `return_mask`; rescale ranges must be finite with min < max."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for low, high in self.rescale or ():
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise InvalidParameter("rescale", f"'{low:g},{high:g}' must be two finite numbers, min < max")
 
 
 def ItemPathParams(
@@ -56,6 +149,20 @@ class RecipeParams(DefaultDependency):
         ),
     ] = None
     index: Annotated[str | None, Query(description=INDEX_DOC)] = None
+
+
+@dataclass
+class AssetsParams(DefaultDependency):
+    """Which raster assets `/info` describes."""
+
+    assets: Annotated[
+        list[str],
+        Query(description="Raster assets: STAC asset keys, `eo:bands` names or common names, repeated or "
+              "comma-separated (e.g. `red,nir`); `:all:` for every raster asset."),
+    ]
+
+    def __post_init__(self):
+        self.assets = [name.strip() for value in self.assets for name in value.split(",") if name.strip()]
 
 
 @dataclass
@@ -110,7 +217,7 @@ def CollectionStackParams(
         pool=request.app.state.pool,
         corrector=request.app.state.corrector,
         minzoom=settings.composite_minzoom,
-        max_bytes=settings.composite_max_bytes,
+        limits=get_limits(request),
     )
 
 

@@ -6,14 +6,19 @@ Composites, under `/collections/{collection_id}`: the same tile and tilejson rou
 """
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import numpy as np
 import rasterio
 from attrs import define
 from fastapi import Depends, Path, Query
 from pydantic import Field
+from rio_tiler.colormap import apply_cmap
+from rio_tiler.errors import InvalidFormat
 from rio_tiler.models import ImageData
+from rio_tiler.types import ColorMapType
 from rio_tiler.utils import CRS_to_uri
 from starlette._utils import get_route_path
 from starlette.requests import Request
@@ -21,17 +26,26 @@ from starlette.responses import Response
 from titiler.core.factory import MultiBaseTilerFactory, img_endpoint_params
 from titiler.core.models.mapbox import TileJSON
 from titiler.core.resources.enums import ImageType
+from titiler.core.utils import render_image
 
 from mosaics.collection_reader import CollectionReader
+from mosaics.errors import InvalidParameter
 from mosaics.reader import SceneReader
 from tiler.access import token_query
 from tiler.cache import CachedTile, cache_key
 from tiler.dependencies import (
+    AssetsParams,
     CollectionStackParams,
+    ColorMapParams,
     CompositeParams,
     ItemPathParams,
+    PreviewParams,
+    ReaderParams,
     ReadParams,
     RecipeParams,
+    RenderParams,
+    TileParams,
+    get_limits,
 )
 from tiler.tms import check_tile
 
@@ -42,6 +56,49 @@ TILE_PATHS = (
     "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}",
     "/tiles/{tileMatrixSetId}/{z}/{x}/{y}",
 )
+
+
+def _probe(bands: int) -> np.ndarray:
+    """`uint8[bands, 16, 16]` covering 0–255 in every band, differently per band."""
+    values = np.arange(bands * 256, dtype=np.int64).reshape(bands, 16, 16) * 37
+    return ((values + np.arange(bands)[:, None, None] * 101) % 256).astype(np.uint8)
+
+
+def render(
+    image: ImageData, output_format: ImageType | None = None, rescale: Sequence[tuple[float, float]] | None = None,
+    color_formula: str | None = None, colormap: ColorMapType | None = None, **kwargs: Any,
+) -> tuple[bytes, str]:
+    """titiler's `render_image`, with errors of `color_formula`, `colormap` and `format` named: the formula and
+    the colormap are first tried on a small 8-bit array with the image's band count."""
+    if color_formula:
+        if not rescale and image.data.dtype.kind == "f":
+            raise InvalidParameter("color_formula", "needs `rescale`: values are physical (e.g. rescale=0,0.3)")
+        try:
+            ImageData(np.ma.MaskedArray(_probe(image.count))).apply_color_formula(color_formula)
+        except Exception as error:  # the formula is the only input here
+            raise InvalidParameter(
+                "color_formula", f"'{color_formula}' cannot apply to {image.count} band(s): {error}"
+            ) from None
+    if colormap is not None:
+        if image.count != 1:
+            raise InvalidParameter("colormap", f"applies to one output band, not {image.count}")
+        try:
+            apply_cmap(_probe(1), colormap)
+        except Exception as error:  # the colormap is the only input here
+            raise InvalidParameter("colormap", f"cannot apply: {error}") from None
+    try:
+        return render_image(
+            image, output_format=output_format, rescale=rescale, color_formula=color_formula, colormap=colormap, **kwargs
+        )
+    except InvalidFormat as error:
+        raise InvalidParameter(
+            "format", f"{error}; png/jpeg/webp take 1–4 bands, npy and tif any number"
+        ) from None
+
+
+def no_post_processing() -> None:
+    """Previews take the recipe's outputs as they are: no titiler `algorithm` post-processing."""
+    return None
 
 
 def tile_headers(image: ImageData, timings: dict[str, float]) -> dict[str, str]:
@@ -65,6 +122,12 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
 
     layer_dependency: Any = RecipeParams
     dataset_dependency: Any = ReadParams
+    tile_dependency: Any = TileParams
+    img_preview_dependency: Any = PreviewParams
+    render_dependency: Any = RenderParams
+    render_func: Any = render
+    process_dependency: Any = no_post_processing
+    colormap_dependency: Any = ColorMapParams
     add_viewer: bool = False
     add_part: bool = False
 
@@ -86,6 +149,7 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             ] = None,
             tilesize: Annotated[int | None, Query(gt=0, le=2048, description="Tile size in pixels (overrides scale).")] = None,
             src_path=Depends(self.path_dependency),
+            reader_params=Depends(self.reader_dependency),
             tile_params=Depends(self.tile_dependency),
             layer_params=Depends(self.layer_dependency),
             dataset_params=Depends(self.dataset_dependency),
@@ -98,7 +162,8 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             check_tile(tms, z, x, y)
             started = time.perf_counter()
             size = tilesize or 256 * scale
-            with rasterio.Env(**env), self.reader(src_path, tms=tms) as src:
+            get_limits(request).check_tile(size, tile_params.buffer, tile_params.padding, "tilesize" if tilesize else "scale")
+            with rasterio.Env(**env), self.reader(src_path, tms=tms, **reader_params.as_dict()) as src:
                 key = cache_key({
                     "path": get_route_path(request.scope), "size": size, "source": getattr(src_path, "selection", None),
                     "catalog": src.cache_token(x, y, z), "tile": tile_params.as_dict(), "layer": layer_params.as_dict(),
@@ -194,6 +259,8 @@ class ItemTilerFactory(RecipeTilerFactory):
 
     reader: type[SceneReader] = SceneReader
     path_dependency: Any = ItemPathParams
+    reader_dependency: Any = ReaderParams
+    assets_dependency: Any = AssetsParams
 
     def register_routes(self):
         """titiler's info, point and preview; our tile and tilejson."""

@@ -37,8 +37,23 @@ class Settings(BaseSettings):
     composite_max_items: int = Field(20, description="Default number of scenes per composite tile (`max_items`).")
     composite_max_items_cap: int = Field(100, description="Largest `max_items` a request may ask for.")
     composite_minzoom: int = Field(6, description="Lowest zoom served for composites (WebMercatorQuad-like zooms).")
-    composite_max_bytes: int = Field(
-        512 * 2**20, description="Memory limit per composite request: items × bands × tile pixels × 4 bytes."
+    max_buffer: float = Field(64, description="Largest tile `buffer` (pixels on each side).")
+    max_padding: int = Field(64, description="Largest tile `padding` (pixels).")
+    max_tile_size: int = Field(1024, description="Largest tile in pixels: `tilesize`, or 256 × `scale`.")
+    max_image_size: int = Field(4096, description="Largest preview/part `width`, `height` and `max_size` (pixels).")
+    max_output_bands: int = Field(16, description="Most output bands of a recipe (`assets`, `;`-separated `expression`).")
+    request_max_bytes: int = Field(
+        512 * 2**20,
+        description="Memory bound of one tile, point, preview or part: (scenes × bands read incl. masks + output "
+        "bands) × pixels incl. buffer and mask-dilation margin × 4 bytes (`mosaics.limits`).",
+    )
+    request_budget_bytes: int = Field(
+        2 * 2**30,
+        description="Per-process budget: the memory bounds of the requests computed at once add up to at most this; "
+        "further requests wait their turn.",
+    )
+    request_budget_wait: float = Field(
+        10.0, description="Seconds a request waits for budget before it is answered 503 with `Retry-After`."
     )
     cache_dir: Path | None = Field(None, description="Tile cache directory; default `$JEO_HOME/tile-cache`.")
     cache_size_mb: int = Field(1024, description="Tile cache size limit in MiB (0 disables the cache).")
@@ -94,7 +109,7 @@ class Settings(BaseSettings):
     export_chunk_size: int = Field(2048, description="Chunk width and height in output pixels (a multiple of 256).")
     export_max_chunk_size: int = Field(8192, description="Largest `chunk_size` a request may ask for.")
     export_chunk_max_bytes: int = Field(
-        4 * 2**30, description="Memory limit per chunk: items × (bands + 1) × chunk pixels × 4 bytes."
+        4 * 2**30, description="Memory bound per chunk, same formula as `JEO_REQUEST_MAX_BYTES` (`mosaics.limits`)."
     )
     export_max_pixels: int = Field(1_600_000_000, description="Largest export in output pixels (width × height).")
     export_max_area_km2: float = Field(1_000_000.0, description="Largest export area in km².")

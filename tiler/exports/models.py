@@ -37,6 +37,7 @@ from mosaics.composite import CloudMask, Compositing, Selection
 from mosaics.corrections import check as check_correction
 from mosaics.errors import InvalidParameter, JeoError, NotFound
 from mosaics.grid import Grid
+from mosaics.limits import MemoryEstimate, check_memory
 from mosaics.models import Asset, Item
 from mosaics.recipe import Recipe
 from tiler.exports import chunks as chunking
@@ -443,7 +444,7 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         raise InvalidParameter(recipe_field, str(error)) from None
     mask = CloudMask.parse(cloud_mask_text) if cloud_mask_text else default_cloud_mask(newest)
     compositing = Compositing(method, p, mask, request.mask_dilation, correction=request.correction)
-    check_correction(compositing.correction, newest)
+    check_correction(compositing.correction, newest, list(dict.fromkeys(keys.values())))
     mask.asset_key(newest)
     if method == "max_ndvi":
         for band in indices.INDICES["ndvi"].bands:
@@ -545,12 +546,11 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         distinct = {item.id for item in matching}
         per_chunk = [min(len(matching), selection.max_items)] * len(windows)
     chunk_items = min(len(matching), selection.max_items)
-    chunk_bytes = chunk_items * bands_read * min(chunk_size, width) * min(chunk_size, height) * 4
-    if chunk_bytes > settings.export_chunk_max_bytes:
-        raise InvalidParameter(
-            "chunk_size", f"{chunk_items} items × {bands_read} bands × {chunk_size}² px × 4 B = "
-            f"{chunk_bytes / 2**20:,.0f} MiB per chunk exceeds {settings.export_chunk_max_bytes / 2**20:,.0f} MiB",
-        )
+    chunk_memory = MemoryEstimate(
+        chunk_items, bands_read, len(descriptions), min(chunk_size, width), min(chunk_size, height), request.mask_dilation
+    )
+    check_memory(chunk_memory, settings.export_chunk_max_bytes, "chunk_size")
+    chunk_bytes = chunk_memory.bytes
     estimate = {
         "width": width,
         "height": height,
