@@ -9,6 +9,7 @@ band math always works on physical values (e.g. reflectance 0–1).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -16,6 +17,7 @@ from typing import Any
 
 import attr
 import numpy as np
+import rasterio._err
 from affine import Affine
 from morecantile import Tile, TileMatrixSet
 from rasterio._err import CPLE_BaseError
@@ -46,6 +48,18 @@ from mosaics.recipe import Recipe
 
 # What reading a missing, truncated or unreadable file raises (GDAL errors may come through as CPLE_*).
 READ_ERRORS = (RasterioError, CPLE_BaseError, OSError)
+_GDAL = ctypes.CDLL(rasterio._err.__file__)  # its symbol lookup reaches the libgdal that rasterio links
+
+
+@contextmanager
+def clean_gdal_errors() -> Iterator[None]:
+    """On a read error, clear GDAL's last error of this thread: warped reads (rio-tiler parts and points) fail on
+    a stale one, so the thread's next read of another, healthy file would fail too."""
+    try:
+        yield
+    except READ_ERRORS:
+        _GDAL.CPLErrorReset()
+        raise
 
 
 def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:
@@ -61,12 +75,19 @@ def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:
 
 
 def asset_nodata(asset: Asset, override: float | None = None) -> float | None:
-    """The nodata value (DN) to read an asset with: the override, else the catalog's `raster:bands` nodata."""
+    """The nodata value (DN) to read an asset with: the override (InvalidParameter naming `nodata` when the
+    asset's data type cannot hold it), else the catalog's `raster:bands` nodata."""
     if override is not None:
+        data_type = asset.bands[0].data_type if asset.bands else None
+        if data_type and np.dtype(data_type).kind in "iu":
+            limits = np.iinfo(data_type)
+            if not (np.isfinite(override) and limits.min <= override <= limits.max):
+                raise InvalidParameter("nodata", f"{override:g} is not a {data_type} value of asset '{asset.key}'")
         return override
     return asset.bands[0].nodata if asset.bands else None
 
 
+@clean_gdal_errors()
 def read_window(
     item: Item, keys: Sequence[str], grid: Grid, nodata: float | None = None,
     resampling_method: str | None = None, reproject_method: str | None = None, **warp_options: Any,
@@ -120,6 +141,7 @@ def _read_mapped(path: str, grid: Grid, nodata: float | None) -> np.ma.MaskedArr
     return np.ma.MaskedArray(values, mask=mask)
 
 
+@clean_gdal_errors()
 def read_pixel(item: Item, keys: Sequence[str], lon: float, lat: float, nodata: float | None = None, **options: Any) -> np.ma.MaskedArray:
     """Raw DN `[K]` of asset keys at a point (EPSG:4326), read like `read_window`."""
     values = []
@@ -193,9 +215,12 @@ class SceneReader(MultiBaseReader):
 
     @contextmanager
     def _reading(self, recipe: Recipe, keys: dict[str, str], height: int, width: int, margin: float = 0,
-                 parameter: str | None = None) -> Iterator[list[str]]:
-        """The asset keys to read, after the limits admitted the read; read errors become `SceneReadError`."""
+                 parameter: str | None = None, nodata: float | None = None) -> Iterator[list[str]]:
+        """The asset keys to read, after the `nodata` override and the limits admitted the read; read errors
+        become `SceneReadError`."""
         order = list(dict.fromkeys(keys.values()))
+        for key in order:
+            asset_nodata(self.input.assets[key], nodata)
         admission = nullcontext()
         if self.limits is not None:
             estimate = MemoryEstimate(1, len(order), len(recipe.descriptions), width, height, margin)
@@ -207,7 +232,8 @@ class SceneReader(MultiBaseReader):
     def _scene_errors(self, keys: Sequence[str]) -> Iterator[None]:
         """Read errors (missing, truncated or unreadable files) as `SceneReadError` naming the item."""
         try:
-            yield
+            with clean_gdal_errors():
+                yield
         except READ_ERRORS as error:
             raise SceneReadError(self.input.id, ",".join(keys), str(error)) from None
 
@@ -272,7 +298,7 @@ class SceneReader(MultiBaseReader):
         if self.limits is not None:
             self.limits.check_outputs(recipe)
         keys = recipe.resolve(self.input)
-        with self._reading(recipe, keys, grid.height, grid.width) as order:
+        with self._reading(recipe, keys, grid.height, grid.width, nodata=kwargs.get("nodata")) as order:
             raw = read_window(self.input, order, grid, **kwargs)
             return self._output(recipe, keys, raw, grid.bounds, grid.crs)
 
@@ -283,7 +309,8 @@ class SceneReader(MultiBaseReader):
             self.limits.check_outputs(recipe)
         keys = recipe.resolve(self.input)
         rows, cols = self._image_shape(bbox, width, height, max_size, kwargs.get("bounds_crs"))
-        with self._reading(recipe, keys, rows, cols, parameter="width" if width or height else "max_size") as order:
+        parameter = "width" if width or height else "max_size"
+        with self._reading(recipe, keys, rows, cols, parameter=parameter, nodata=kwargs.get("nodata")) as order:
             raw = getattr(super(), method)(
                 *(() if bbox is None else (bbox,)), assets=order, asset_as_band=True,
                 max_size=max_size, width=width, height=height, **kwargs,
@@ -317,7 +344,7 @@ class SceneReader(MultiBaseReader):
         given = assets or expression or index
         recipe = Recipe.from_params(assets, expression, index) if given else Recipe(assets=tuple(self.assets))
         keys = recipe.resolve(self.input)
-        with self._reading(recipe, keys, 1, 1) as order:
+        with self._reading(recipe, keys, 1, 1, nodata=kwargs.get("nodata")) as order:
             raw = super().point(lon, lat, assets=order, asset_as_band=True, **kwargs)
             values = self._evaluate(recipe, keys, raw.array.reshape(-1, 1, 1)).reshape(-1)
         return PointData(

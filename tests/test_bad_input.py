@@ -134,6 +134,14 @@ CASES = [
     (TILE, {"assets": "red", "rescale": "0.3,0.3"}, 400, "rescale"),
     (COMPOSITE, {"assets": "red", "rescale": "-inf,0"}, 400, "rescale"),
     (TILE, {"expression": "red;green;blue;nir;red"}, 400, "format"),
+    (POINT, {"assets": "red", "nodata": "8e128"}, 400, "nodata: 8e+128 is not a uint16 value"),
+    (NPY, {"assets": "red", "nodata": "nan"}, 400, "nodata"),
+    (COMPOSITE, {"assets": "red", "nodata": "-1"}, 400, "nodata"),
+    (TILE, {"assets": "red", "colormap": '{"a": 1}'}, 400, "colormap"),
+    (TILE, {"assets": "red", "colormap": "[1, 2]"}, 400, "colormap"),
+    (TILE, {"assets": "red", "rescale": "0,0.3", "colormap": '[[[0], "#ff0000"]]'}, 400, "colormap"),
+    (TILE, {"assets": "red,green,blue", "rescale": "0,0.3", "colormap_name": "viridis"}, 400, "colormap"),
+    (INFO, {"assets": "red|bidx=1"}, 404, "red|bidx=1"),
 ]
 
 

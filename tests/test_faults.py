@@ -73,9 +73,23 @@ def test_composite_skips_unreadable_scenes_without_paths(faulty):
     point = faulty.get(f"/collections/{C}/point/15.8,46.5", params={"assets": "red,green"})
     assert point.status_code == 200, point.text
     errors = {entry["id"]: entry["error"] for entry in point.json()["items"] if "error" in entry}
-    assert set(errors) == {TRUNCATED, MISSING}
+    assert set(errors) == {TRUNCATED, MISSING}, errors
     assert all(item in error for item, error in errors.items())
     assert_no_server_paths(faulty, point.text)
+
+
+def test_a_failed_read_does_not_fail_the_next_read_in_the_thread(faulty):
+    """GDAL keeps the last error per thread; a stale one used to fail the next warped read of a healthy file
+    (composite points named healthy scenes as unreadable)."""
+    from mosaics.catalog import Catalog
+    from mosaics.reader import READ_ERRORS, read_pixel
+
+    catalog = Catalog(faulty.home / "catalog.db")
+    broken, healthy = catalog.item(C, TRUNCATED), catalog.item(C, "S2A_33TWM_20230815_0_L2A")
+    for _ in range(3):
+        with pytest.raises(READ_ERRORS):
+            read_pixel(broken, ["red"], 15.8, 46.5)
+        assert read_pixel(healthy, ["red"], 15.8, 46.5).shape == (1,)
 
 
 def test_beyond_the_budget_503_with_retry_after_and_cached_tiles_still_served(faulty):

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 
 from tests.conftest import start_server, stop_server
 
-EXAMPLES = 30  # per operation and way; ~2,200 requests in all
+EXAMPLES = 20  # per operation and way: ~2,400 requests in all
 C, ITEM = "sentinel-2-l2a-timeseries", "S2B_33TWM_20230813_0_L2A"
 EXPORT_LIMITS = {
     "JEO_EXPORT_EXECUTOR": "local",
