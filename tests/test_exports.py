@@ -289,6 +289,12 @@ BAD = [  # (changes to BASE (None removes a field), status, text the message mus
     ({"crs": "EPSG:0"}, 400, "crs"),
     ({"crs": "not a crs"}, 400, "crs"),
     ({"resolution": -10}, 400, "resolution"),
+    ({"resolution": 1e-300}, 400, "resolution"),  # tiny: too many pixels (no overflow)
+    ({"resolution": 5e-324}, 400, "resolution"),
+    ({"resolution": 1e300}, 400, "resolution"),  # huge: coarser than the area
+    ({"resolution": [10, 1e308]}, 400, "resolution"),
+    ({"on_error": "ignore"}, 422, "on_error"),
+    ({"overwrite": "maybe"}, 422, "overwrite"),
     ({"crs": "EPSG:32633", "resolution": 0.01}, 400, "resolution"),  # too many pixels
     ({"format": "png"}, 400, "format"),
     ({"destination": "../../etc/passwd"}, 400, "destination"),
@@ -475,7 +481,8 @@ def test_cancel_while_running(xserver, executor):
 
 @pytest.mark.parametrize("executor", ["local", "slurm"])
 def test_failing_chunk_fails_the_export_with_its_log_tail(xserver, executor):
-    body = {**WHOLE, "collection": BROKEN, "executor": executor, "destination": f"broken/{executor}"}
+    """With `on_error: fail`, an unreadable scene fails the export (the default skips it: test_export_faults.py)."""
+    body = {**WHOLE, "collection": BROKEN, "executor": executor, "destination": f"broken/{executor}", "on_error": "fail"}
     record = wait(xserver, submit(xserver, body)["id"])
     assert record["status"] == "failed", record
     assert record["error"].startswith("chunk ") and BROKEN_ITEM in record["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,8 +114,20 @@ class Settings(BaseSettings):
     )
     export_max_pixels: int = Field(1_600_000_000, description="Largest export in output pixels (width × height).")
     export_max_area_km2: float = Field(1_000_000.0, description="Largest export area in km².")
-    export_strict: bool = Field(True, description="A scene that cannot be read fails the export (else it is skipped).")
+    export_max_bytes: int = Field(
+        256 * 2**30, description="Largest export in uncompressed bytes (width × height × bands × 4, `estimate.bytes`)."
+    )
+    export_on_error: Literal["skip", "fail"] = Field(
+        "skip", description="Default `on_error`: an unreadable scene is skipped and named (skip), or fails the export (fail)."
+    )
     export_resume_local: bool = Field(True, description="Resume `local` exports interrupted by a restart (else fail them).")
+    export_lease_timeout: float = Field(
+        60.0, description="Seconds without a heartbeat after which a process on another host that runs or merges an "
+        "export counts as dead, and another server takes the export over.",
+    )
+    export_slurm_retries: int = Field(
+        2, description="Times a chunk or merge job that ends NODE_FAIL or PREEMPTED is resubmitted before the export fails."
+    )
     export_poll_interval: float = Field(2.0, description="Seconds between export status reconciliations.")
     export_slurm_partition: str | None = Field(None, description="sbatch --partition for export jobs.")
     export_slurm_account: str | None = Field(None, description="sbatch --account for export jobs.")

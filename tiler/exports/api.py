@@ -19,8 +19,8 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 from mosaics.errors import NotFound
 from tiler.access import caller, catalog_view
 from tiler.exports.merge import presign
-from tiler.exports.models import ExportRecord, ExportRequest
-from tiler.exports.service import ExecutorUnavailable, ExportService
+from tiler.exports.models import DestinationConflict, ExportRecord, ExportRequest
+from tiler.exports.service import ExportService
 
 router = APIRouter(prefix="/exports", tags=["Exports"])
 ExportId = Annotated[str, Path(description="Export id (from POST /exports).")]
@@ -95,6 +95,7 @@ def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
         "jeo:compositing": plan.compositing,
         "jeo:selection": plan.selection,
         "jeo:preset": plan.preset,
+        "jeo:skipped": record.skipped,  # scenes that could not be read: item id → reason
     }
     if crs.to_epsg() is not None:
         properties["proj:epsg"] = crs.to_epsg()
@@ -136,7 +137,8 @@ def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
 
 @router.post("", status_code=202, summary="Submit an export.")
 def create_export(request: Request, body: ExportRequest):
-    """Validate and submit an export; answers 202 with its id, status, links and an estimate."""
+    """Validate and submit an export; answers 202 with its id, status, links and an estimate, or 409 when the
+    destination exists (without `overwrite`) or another active export writes it."""
     who = caller(request)
     if who.principal is None and not request.app.state.settings.anonymous_exports:
         return JSONResponse({"detail": "access_token: exports need a token created with --exports"}, status_code=401,
@@ -147,8 +149,8 @@ def create_export(request: Request, body: ExportRequest):
     catalog_view(request).collection(body.collection)
     try:
         record = _service(request).submit(body, created_by=who.principal)
-    except ExecutorUnavailable as error:
-        return JSONResponse({"detail": str(error)}, status_code=503)
+    except DestinationConflict as error:
+        return JSONResponse({"detail": str(error)}, status_code=409)
     content = record_json(request, record)
     return JSONResponse(content, status_code=202, headers={"Location": content["links"][0]["href"]})
 

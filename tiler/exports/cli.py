@@ -85,6 +85,9 @@ def _geometry(text: str | None):
 @click.option("--resolution", type=float, help="Output pixel size in CRS units (default: native).")
 @click.option("--format", "format_", type=click.Choice(["cog", "gtiff"]), help="Output format (default cog).")
 @click.option("--destination", help="File name under the export root, or s3://bucket/prefix.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a result that exists at the destination.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]),
+              help="An unreadable scene is skipped and named (skip), or fails the export (default from settings).")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), help="Where to run (default from settings).")
 @click.option("--chunk-size", type=int, help="Chunk size in pixels (multiple of 256).")
 @click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False),
@@ -92,8 +95,8 @@ def _geometry(text: str | None):
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait with a progress bar, or print the id at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
 def export(collection, preset, assets, expression, index_, datetime_, method, p, cloud_mask, mask_dilation, correction, max_cloud,
-           max_items, sortby, bbox, bbox_crs, geometry, crs, resolution, format_, destination, executor, chunk_size,
-           request_file, wait, as_json):
+           max_items, sortby, bbox, bbox_crs, geometry, crs, resolution, format_, destination, overwrite, on_error, executor,
+           chunk_size, request_file, wait, as_json):
     """Export a composite of COLLECTION over an area as a COG (same request as POST /exports)."""
     from mosaics.errors import JeoError
 
@@ -104,7 +107,8 @@ def export(collection, preset, assets, expression, index_, datetime_, method, p,
         "correction": correction,
         "max_cloud": max_cloud, "max_items": max_items, "sortby": sortby, "bbox_crs": bbox_crs,
         "geometry": _geometry(geometry), "crs": crs, "resolution": resolution, "format": format_,
-        "destination": destination, "executor": executor, "chunk_size": chunk_size,
+        "destination": destination, "overwrite": overwrite, "on_error": on_error, "executor": executor,
+        "chunk_size": chunk_size,
     }  # fmt: skip
     if bbox is not None:
         try:
@@ -212,17 +216,20 @@ def export_run(export_id):
 @click.option("--export", "export_id", required=True, help="Export id.")
 @click.option("--chunk", type=int, default=None, help="Chunk index (default: $SLURM_ARRAY_TASK_ID).")
 @click.option("--all", "claiming", is_flag=True, help="Take chunks until none is left, then merge if last.")
-def export_worker(export_id, chunk, claiming):
+@click.option("--lease", type=int, help="With --all: the run lease token of the process that started this worker.")
+def export_worker(export_id, chunk, claiming, lease):
     """Compute chunks of an export (run by the executors)."""
     from mosaics.catalog import Catalog
     from tiler.exports.store import ExportStore
     from tiler.exports.worker import run_chunk, run_claiming
 
     settings = get_settings()
-    store = ExportStore(settings.database_path)
+    store = ExportStore(settings.database_path, settings.export_lease_timeout)
     catalog = Catalog(settings.database_path)
     if claiming:
-        sys.exit(run_claiming(store, catalog, export_id, settings.read_threads))
+        if lease is None:
+            raise click.UsageError("--all needs --lease")
+        sys.exit(run_claiming(store, catalog, export_id, lease, settings.read_threads))
     if chunk is None:
         if "SLURM_ARRAY_TASK_ID" not in os.environ:
             raise click.UsageError("--chunk or --all is required outside a SLURM array job")
@@ -237,7 +244,8 @@ def export_merge(export_id):
     from tiler.exports.merge import run_merge
     from tiler.exports.store import ExportStore
 
-    sys.exit(run_merge(ExportStore(get_settings().database_path), export_id))
+    settings = get_settings()
+    sys.exit(run_merge(ExportStore(settings.database_path, settings.export_lease_timeout), export_id))
 
 
 COMMANDS = (export, export_status, export_cancel, export_run, export_worker, export_merge)

@@ -1,15 +1,17 @@
 """Where export chunks run: a local pool of `jeo export-worker` processes, or SLURM job arrays.
 
-Both run the same commands (`python -m tiler.cli export-worker --export ID --chunk N`, then
-`export-merge --export ID`) with `JEO_HOME` pointing at the same catalog; workers record their own
-progress and failures in the store, and the executors only start, watch and stop them.
+Both run the same commands (`python -m tiler.cli export-worker --export ID ...`, then `export-merge
+--export ID`) with `JEO_HOME` pointing at the same catalog; workers record their own progress and
+failures in the store, and the executors only start, watch and stop them.
 
 - `LocalExecutor`: N worker processes on this host shared by all exports (first in, first out).
-  The process hosting it owns its exports (`owner` = host:pid:start time). A stopped owner leaves
-  its exports active; `ExportService.reconcile` then resumes them (missing chunks only) or fails them.
+  The process hosting it holds each export's `run` lease (leases.py) and renews it; its workers end
+  with it. A stopped holder leaves its exports active; `ExportService.reconcile` then resumes them
+  (missing chunks only) or fails them.
 - `SlurmExecutor`: one `sbatch --array=0-{n-1}%{max_parallel}` for the chunks and one merge job
   `--dependency=afterok:{array}`; status from `squeue -t all` (then `sacct`, then the jobcomp file
-  through `sacct -c`), cancel with `scancel`.
+  through `sacct -c`), cancel with `scancel`. Chunk or merge jobs that end NODE_FAIL or PREEMPTED are
+  resubmitted (`export_slurm_retries` times), with a new merge job that waits for the new attempts.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,50 +30,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mosaics.errors import InvalidParameter
+from tiler.exports.leases import RUN, process_token
 from tiler.exports.merge import remove_partials
-from tiler.exports.models import ACTIVE, ExportRecord
+from tiler.exports.models import ACTIVE, ExportRecord, now, redact
 from tiler.exports.store import ExportStore
 from tiler.exports.worker import chunk_log, chunk_path, logs_dir, merge_log, tail
+
+logger = logging.getLogger(__name__)
 
 
 def worker_log(plan, slot: int) -> Path:
     """Output of local worker process `slot` outside its chunks (start-up errors)."""
     return logs_dir(plan) / f"worker-{slot}.log"
 
-logger = logging.getLogger(__name__)
 
-
-# --- process identity -----------------------------------------------------------------------------
-
-
-def process_token(pid: int | None = None) -> str | None:
-    """`host:pid:start time` of a live process (None if it does not exist): unique across pid reuse."""
-    pid = pid or os.getpid()
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return f"{socket.gethostname()}:{pid}:{fields[19]}"
-
-
-def owner_alive(token: str | None) -> bool:
-    """True while the process named by `token` runs (assumed true for other hosts)."""
-    if not token:
-        return False
-    host, _, rest = token.partition(":")
-    if host != socket.gethostname():
-        return True
-    pid = rest.partition(":")[0]
-    return pid.isdigit() and process_token(int(pid)) == token
-
-
-def worker_command(export_id: str, chunk: int | str | None = None) -> list[str]:
-    """The command computing chunk `chunk` (None: taking chunks until none is left, then merging)."""
+def worker_command(export_id: str, chunk: int | str | None = None, lease: int | None = None) -> list[str]:
+    """The command computing chunk `chunk` (None: taking chunks for the holder of `run` lease `lease` until none
+    is left, then merging)."""
     base = [sys.executable, "-m", "tiler.cli", "export-worker", "--export", export_id]
-    return base + (["--all"] if chunk is None else ["--chunk", str(chunk)])
+    return base + (["--all", "--lease", str(lease)] if chunk is None else ["--chunk", str(chunk)])
 
 
 def merge_command(export_id: str) -> list[str]:
@@ -86,6 +64,7 @@ def merge_command(export_id: str) -> list[str]:
 class _Task:
     export_id: str
     slot: int  # worker number within the export (its log is logs/worker-<slot>.log)
+    token: int  # the `run` lease the worker works for
     proc: subprocess.Popen | None = None
     log: IO[bytes] | None = None
     started: float = field(default_factory=time.monotonic)
@@ -96,13 +75,15 @@ class LocalExecutor:
 
     An export gets up to `workers` processes (`jeo export-worker --all`), each taking chunks from the
     store until none is left; the one that completes the last chunk merges. Exports queue first in,
-    first out, so the pool never runs more than `workers` processes."""
+    first out, so the pool never runs more than `workers` processes. While it has work, the pool renews
+    the `run` leases of its exports every `heartbeat` seconds and stops the workers of a lease it lost."""
 
-    def __init__(self, store: ExportStore, env: dict[str, str], workers: int):
+    def __init__(self, store: ExportStore, env: dict[str, str], workers: int, heartbeat: float = 5.0):
         self.store = store
         self.env = env
         self.workers = max(1, workers)
-        self.owner = process_token()
+        self.heartbeat = heartbeat
+        self.holder = process_token()  # holds the run leases of the exports it runs
         self._queue: deque[_Task] = deque()
         self._running: list[_Task] = []
         self._lock = threading.RLock()
@@ -110,6 +91,7 @@ class LocalExecutor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_check = 0.0
+        self._last_beat = 0.0
 
     # --- lifecycle ---
 
@@ -141,8 +123,9 @@ class LocalExecutor:
 
     # --- submitting ---
 
-    def submit(self, record: ExportRecord) -> None:
-        """Queue worker processes for `record` (as many as chunks are left, at most `workers`)."""
+    def submit(self, record: ExportRecord, token: int) -> None:
+        """Queue worker processes for `record`, whose `run` lease `token` this process holds (as many as chunks
+        are left, at most `workers`)."""
         plan = record.plan
         done = {i for i, st in self.store.chunk_states(record.id).items() if st == "done"}
         lost = {i for i in done if not chunk_path(plan, i).exists()}  # recorded, but the file is gone: redo
@@ -151,7 +134,7 @@ class LocalExecutor:
         todo = plan.chunks_total - len(done - lost)
         logs_dir(plan).mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._queue.extend(_Task(record.id, slot) for slot in range(min(self.workers, max(1, todo))))
+            self._queue.extend(_Task(record.id, slot, token) for slot in range(min(self.workers, max(1, todo))))
         self.start()
         self._wake.set()
 
@@ -172,6 +155,9 @@ class LocalExecutor:
         while not self._stopping.is_set():
             try:
                 self._reap()
+                if time.monotonic() - self._last_beat > self.heartbeat:
+                    self._last_beat = time.monotonic()
+                    self._renew()
                 if time.monotonic() - self._last_check > 0.5:
                     self._last_check = time.monotonic()
                     self._drop_inactive()
@@ -180,6 +166,15 @@ class LocalExecutor:
                 logger.exception("local export executor")
             self._wake.wait(0.2)
             self._wake.clear()
+
+    def _renew(self) -> None:
+        """Heartbeat of every `run` lease held for queued or running workers; stop the workers of a lost one."""
+        with self._lock:
+            held = {(t.export_id, t.token) for t in [*self._queue, *self._running]}
+        for export_id, token in held:
+            if not self.store.renew(export_id, RUN, token):
+                logger.warning("export %s: run lease %s went to another process: stopping its workers here", export_id, token)
+                self._kill(self._take(export_id))
 
     def _launch(self) -> None:
         while True:
@@ -200,12 +195,13 @@ class LocalExecutor:
                 env.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
                 try:
                     task.proc = subprocess.Popen(
-                        worker_command(task.export_id), stdout=task.log, stderr=subprocess.STDOUT,
+                        worker_command(task.export_id, lease=task.token), stdout=task.log, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL, env=env, cwd=plan.work_dir, start_new_session=True,
                     )  # fmt: skip
                 except OSError as error:  # the export fails; `_drop_inactive` cleans up
                     task.log.close()
-                    self.store.transition(task.export_id, "failed", error=f"cannot start a worker process: {error}")
+                    self.store.transition(task.export_id, "failed", fence=(RUN, task.token),
+                                          error=redact(f"cannot start a worker process: {error}"))
                     continue
                 task.started = time.monotonic()
                 self._running.append(task)
@@ -221,9 +217,10 @@ class LocalExecutor:
             record = self.store.get(task.export_id)
             if record is None:
                 continue
+            fence = (RUN, task.token)
             if code != 0:
                 self.store.transition(
-                    task.export_id, "failed", error=f"worker process failed (exit code {code})",
+                    task.export_id, "failed", fence=fence, error=f"worker process failed (exit code {code})",
                     log_tail=tail(worker_log(record.plan, task.slot)),
                 )  # fmt: skip
                 self._abort(task.export_id)
@@ -232,7 +229,7 @@ class LocalExecutor:
                 others = any(t.export_id == task.export_id for t in [*self._queue, *self._running])
             if not others and self.store.status(task.export_id) in ACTIVE:
                 self.store.transition(
-                    task.export_id, "failed", error="the worker processes ended before the export finished",
+                    task.export_id, "failed", fence=fence, error="the worker processes ended before the export finished",
                     log_tail=tail(worker_log(record.plan, task.slot)),
                 )  # fmt: skip
                 self._abort(task.export_id)
@@ -279,12 +276,65 @@ class LocalExecutor:
 # --- SLURM ------------------------------------------------------------------------------------------
 
 FAILED_STATES = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
+RETRY_STATES = {"NODE_FAIL", "PREEMPTED"}  # not the job's fault: resubmitted
 LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
                "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "STOPPED"}
+SLURM_TOOLS = ("sbatch", "squeue", "scancel", "scontrol")
 
 
 class SlurmError(RuntimeError):
     """sbatch/scancel failed or SLURM cannot be reached."""
+
+
+def _array_indices(spec: str) -> set[int]:
+    """Task indices of an array spec such as `0-3,7%4`."""
+    indices: set[int] = set()
+    for part in spec.partition("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and (high.isdigit() or not high):
+            indices.update(range(int(low), int(high or low) + 1))
+    return indices
+
+
+def _task_state(states: dict[str, str], array: str, chunk: int) -> str | None:
+    """State of task `chunk` of `array` in squeue/sacct output (pending tasks are listed as `A_[0-3%4]`)."""
+    state = states.get(f"{array}_{chunk}")
+    if state is not None:
+        return state
+    for job, value in states.items():
+        if job.startswith(f"{array}_[") and chunk in _array_indices(job[len(array) + 2:].rstrip("]")):
+            return value
+    return states.get(array)  # accounting that names only the array
+
+
+@dataclass
+class Attempts:
+    """An export's current SLURM jobs: the array task of each chunk's latest attempt, and the latest merge job."""
+
+    tasks: dict[int, str]  # chunk → "array_chunk"
+    merge: str
+    arrays: dict[str, list[int]]  # every chunk array → its chunks
+
+    @classmethod
+    def of(cls, record: ExportRecord) -> Attempts:
+        array, merge = record.jobs[:2]
+        arrays = {array: list(range(record.chunks_total))}
+        tasks = {chunk: f"{array}_{chunk}" for chunk in arrays[array]}
+        for retry in record.retries:
+            if retry["array"]:
+                arrays[retry["array"]] = retry["chunks"]
+                tasks.update({chunk: f"{retry['array']}_{chunk}" for chunk in retry["chunks"]})
+            merge = retry["merge"]
+        return cls(tasks, merge, arrays)
+
+    def dependency(self) -> str:
+        """`afterok` on every chunk's latest attempt (whole arrays where all their tasks are current)."""
+        current = {}
+        for chunk, task in self.tasks.items():
+            current.setdefault(task.partition("_")[0], []).append(chunk)
+        parts = [array if sorted(chunks) == sorted(self.arrays[array]) else ":".join(f"{array}_{c}" for c in chunks)
+                 for array, chunks in current.items()]
+        return "afterok:" + ":".join(parts)
 
 
 class SlurmExecutor:
@@ -300,6 +350,20 @@ class SlurmExecutor:
             return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env})
         except (OSError, subprocess.TimeoutExpired) as error:
             raise SlurmError(f"{args[0]}: {error}") from None
+
+    def check(self) -> None:
+        """InvalidParameter('executor') unless the SLURM tools are installed and the controller answers."""
+        missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise InvalidParameter("executor", f"slurm: {', '.join(missing)} not installed on the server host")
+        try:
+            ping = self._run(["scontrol", "ping"], timeout=20)
+        except SlurmError as error:
+            raise InvalidParameter("executor", f"slurm: {redact(str(error))}") from None
+        if ping.returncode != 0 or " is UP" not in ping.stdout:
+            raise InvalidParameter(
+                "executor", "slurm: the SLURM controller does not answer (scontrol ping); try again later, or use local"
+            )
 
     def _sbatch(self, args: list[str]) -> str:
         result = self._run(["sbatch", "--parsable", *args])
@@ -320,21 +384,10 @@ class SlurmExecutor:
         ]
         return "\n".join(lines)
 
-    def submit(self, record: ExportRecord) -> list[str]:
-        """Submit the chunk array and the merge job; returns their job ids."""
+    def _options(self, record: ExportRecord) -> tuple[list[str], list[str]]:
+        """sbatch options of chunk arrays and of merge jobs."""
         s = self.settings
-        plan = record.plan
-        work = Path(plan.work_dir)
-        logs = logs_dir(plan)
-        logs.mkdir(parents=True, exist_ok=True)
-        chunk_script = work / "chunks.sbatch"
-        chunk_command = worker_command(record.id, 0)
-        chunk_command[-1] = "$SLURM_ARRAY_TASK_ID"
-        text = self._script(record, chunk_command, f"chunk $SLURM_ARRAY_TASK_ID of {plan.chunks_total}")
-        chunk_script.write_text(text.replace("'$SLURM_ARRAY_TASK_ID'", '"$SLURM_ARRAY_TASK_ID"'))
-        merge_script = work / "merge.sbatch"
-        merge_script.write_text(self._script(record, merge_command(record.id), "merge"))
-        common = [f"--chdir={work}"]
+        common = [f"--chdir={record.plan.work_dir}", "--no-requeue", "--open-mode=append"]
         for option, value in (("--partition", s.export_slurm_partition), ("--account", s.export_slurm_account)):
             if value:
                 common.append(f"{option}={value}")
@@ -349,18 +402,39 @@ class SlurmExecutor:
             merge_options.append(f"--time={s.export_slurm_merge_time or s.export_slurm_time}")
         if s.export_slurm_merge_mem or s.export_slurm_mem:
             merge_options.append(f"--mem={s.export_slurm_merge_mem or s.export_slurm_mem}")
-        parallel = max(1, s.export_slurm_max_parallel)
-        array_args = [
-            *common, *chunk_options, f"--array=0-{plan.chunks_total - 1}%{parallel}",
-            f"--job-name=jeo-export-{record.id}", f"--output={logs}/chunk-%a.log", str(chunk_script),
+        return common + chunk_options, common + merge_options
+
+    def _submit_chunks(self, record: ExportRecord, spec: str) -> tuple[str, list[str]]:
+        chunk_options, _ = self._options(record)
+        parallel = max(1, self.settings.export_slurm_max_parallel)
+        args = [
+            *chunk_options, f"--array={spec}%{parallel}", f"--job-name=jeo-export-{record.id}",
+            f"--output={logs_dir(record.plan)}/chunk-%a.log", str(Path(record.plan.work_dir) / "chunks.sbatch"),
         ]  # fmt: skip
-        array = self._sbatch(array_args)
-        merge_args = [
-            *common, *merge_options, f"--dependency=afterok:{array}", "--kill-on-invalid-dep=yes",
-            f"--job-name=jeo-export-{record.id}-merge", f"--output={logs}/merge.log", str(merge_script),
+        return self._sbatch(args), args
+
+    def _submit_merge(self, record: ExportRecord, dependency: str) -> tuple[str, list[str]]:
+        _, merge_options = self._options(record)
+        args = [
+            *merge_options, f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
+            f"--job-name=jeo-export-{record.id}-merge", f"--output={logs_dir(record.plan)}/merge.log",
+            str(Path(record.plan.work_dir) / "merge.sbatch"),
         ]  # fmt: skip
+        return self._sbatch(args), args
+
+    def submit(self, record: ExportRecord) -> list[str]:
+        """Submit the chunk array and the merge job; returns their job ids."""
+        plan = record.plan
+        work = Path(plan.work_dir)
+        logs_dir(plan).mkdir(parents=True, exist_ok=True)
+        chunk_command = worker_command(record.id, 0)
+        chunk_command[-1] = "$SLURM_ARRAY_TASK_ID"
+        text = self._script(record, chunk_command, f"chunk $SLURM_ARRAY_TASK_ID of {plan.chunks_total}")
+        (work / "chunks.sbatch").write_text(text.replace("'$SLURM_ARRAY_TASK_ID'", '"$SLURM_ARRAY_TASK_ID"'))
+        (work / "merge.sbatch").write_text(self._script(record, merge_command(record.id), "merge"))
+        array, array_args = self._submit_chunks(record, f"0-{plan.chunks_total - 1}")
         try:
-            merge = self._sbatch(merge_args)
+            merge, merge_args = self._submit_merge(record, f"afterok:{array}")
         except SlurmError:
             self._run(["scancel", array])
             raise
@@ -370,6 +444,33 @@ class SlurmExecutor:
             f"{array}\tsbatch --parsable {shlex.join(array_args)}\n{merge}\tsbatch --parsable {shlex.join(merge_args)}\n"
         )
         return jobs
+
+    def _retry(self, record: ExportRecord, attempts: Attempts, chunks: list[int], reason: str) -> None:
+        """Resubmit `chunks` (none: only the merge) and a merge job waiting for every chunk's latest attempt;
+        recorded unless another process retried first (then the new jobs are canceled again)."""
+        array = None
+        lines = []
+        if chunks:
+            array, args = self._submit_chunks(record, ",".join(map(str, chunks)))
+            lines.append(f"{array}\tsbatch --parsable {shlex.join(args)}")
+            attempts.arrays[array] = chunks
+            attempts.tasks.update({chunk: f"{array}_{chunk}" for chunk in chunks})
+        try:
+            merge, args = self._submit_merge(record, attempts.dependency())
+        except SlurmError:
+            if array:
+                self._run(["scancel", array])
+            raise
+        lines.append(f"{merge}\tsbatch --parsable {shlex.join(args)}")
+        jobs = [job for job in (array, merge) if job]
+        retry = {"chunks": chunks, "array": array, "merge": merge, "reason": reason, "at": now()}
+        if not self.store.add_retry(record, retry, jobs):
+            self._run(["scancel", *jobs])
+            return
+        self._run(["scancel", attempts.merge])  # superseded (usually canceled already: its dependency failed)
+        with open(Path(record.plan.work_dir) / "jobs.txt", "a") as out:
+            out.write("\n".join(lines) + "\n")
+        logger.warning("export %s: %s; resubmitted as %s", record.id, reason, ", ".join(jobs))
 
     # --- status ---
 
@@ -410,35 +511,46 @@ class SlurmExecutor:
         return [job for job, state in states.items() if state in LIVE_STATES]
 
     def refresh(self, record: ExportRecord) -> None:
-        """Reconcile an active export with what SLURM says about its jobs."""
+        """Reconcile an active export with what SLURM says about its jobs: resubmit jobs lost to NODE_FAIL or
+        PREEMPTED, fail the export on other failures."""
         if not record.active or len(record.jobs) < 2:
             return
-        array, merge = record.jobs[:2]
-        states = self.job_states([array, merge])
+        states = self.job_states(record.jobs)
         if states is None:
             return
         plan = record.plan
-        tasks = {job: state for job, state in states.items() if job == array or job.startswith(f"{array}_")}
-        merge_state = states.get(merge)
-        failed = sorted(((job, state) for job, state in tasks.items() if state in FAILED_STATES), key=lambda js: js[0])
+        limit = self.settings.export_slurm_retries
+        attempts = Attempts.of(record)
+        chunks = {chunk: _task_state(states, task.partition("_")[0], chunk) for chunk, task in attempts.tasks.items()}
+        merge_state = states.get(attempts.merge)
+        tries = {chunk: sum(chunk in r["chunks"] for r in record.retries) for chunk in chunks}
+        merge_tries = sum(not r["chunks"] for r in record.retries)
+        failed = sorted((chunk, state) for chunk, state in chunks.items() if state in FAILED_STATES)
         error = log = None
         if failed:
-            job, state = failed[0]
-            index = job.partition("_")[2]
-            chunk = int(index) if index.isdigit() else None
-            what = f"chunk {chunk}" if chunk is not None else "a chunk"
-            error = f"{what} failed: SLURM job {job} is {state}"
-            log = tail(chunk_log(plan, chunk)) if chunk is not None else None
+            lost = [(chunk, state) for chunk, state in failed if state in RETRY_STATES and tries[chunk] < limit]
+            if len(lost) == len(failed):
+                reason = "; ".join(f"chunk {c}: SLURM job {attempts.tasks[c]} is {state}" for c, state in lost)
+                self._retry(record, attempts, [chunk for chunk, _ in lost], reason)
+                return
+            chunk, state = next(fs for fs in failed if fs not in lost)
+            error = f"chunk {chunk} failed: SLURM job {attempts.tasks[chunk]} is {state}"
+            if state in RETRY_STATES:
+                error += f" (after {tries[chunk]} resubmission(s))"
+            log = tail(chunk_log(plan, chunk))
+        elif merge_state in RETRY_STATES and merge_tries < limit:
+            self._retry(record, attempts, [], f"merge: SLURM job {attempts.merge} is {merge_state}")
+            return
         elif merge_state in FAILED_STATES:
-            error, log = f"merge failed: SLURM job {merge} is {merge_state}", tail(merge_log(plan))
-        elif merge_state == "CANCELLED" or "CANCELLED" in tasks.values():
+            error, log = f"merge failed: SLURM job {attempts.merge} is {merge_state}", tail(merge_log(plan))
+        elif merge_state == "CANCELLED" or "CANCELLED" in chunks.values():
             error = "SLURM jobs were cancelled outside jeo-tiler"
         elif merge_state == "COMPLETED":
             if self.store.status(record.id) in ACTIVE:
                 error, log = "the merge job completed without recording a result", tail(merge_log(plan))
         elif not states:
             error = f"SLURM jobs {', '.join(record.jobs)} are unknown to SLURM (purged, or the cluster state was lost)"
-        elif "RUNNING" in tasks.values() or merge_state == "RUNNING":
+        elif "RUNNING" in chunks.values() or merge_state == "RUNNING":
             self.store.mark_running(record.id)
         if error is not None and self.store.transition(record.id, "failed", error=error, log_tail=log):
             self.cancel_jobs(record, wait=False)

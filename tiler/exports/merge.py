@@ -1,9 +1,12 @@
 """The final step: assemble the chunks into one COG (rio-cogeo) or tiled GeoTIFF and deliver it.
 
-Run as `jeo export-merge --export ID`. The chunks are mosaicked through a VRT (they tile the output
-grid exactly), translated to `<work>/merge/result.tif`, checked with `cog_validate`, then moved into
-the export root or uploaded to S3 with boto3. The export becomes `finished` only after delivery; if it
-was canceled meanwhile, the delivered file is removed again.
+Run as `jeo export-merge --export ID` (a SLURM job) or by the local worker that completes the last
+chunk. The merging process holds the export's `merge` lease (one merge at a time; a merge whose
+process died is taken over, and the lease's token counts merges). The chunks are mosaicked through a
+VRT (they tile the output grid exactly), translated to `<work>/merge/result-<pid>.tif`, checked with
+`cog_validate`, then moved into the export root or uploaded to S3 with boto3, without replacing
+anything unless `overwrite` is set. The export becomes `finished` only after delivery, with the current
+lease token; if it was canceled meanwhile, the delivered file is removed again.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from mosaics.errors import InvalidParameter
-from tiler.exports.models import ExportPlan
+from tiler.exports.leases import MERGE, Heartbeat, process_token
+from tiler.exports.models import ACTIVE, DestinationConflict, ExportPlan, redact
 from tiler.exports.store import ExportStore
 from tiler.exports.worker import chunk_path, chunks_dir, merge_log, tail, terminate_as_exit
 
@@ -65,6 +70,29 @@ def presign(destination: dict[str, Any], seconds: int) -> str:
     return s3_client(destination).generate_presigned_url(
         "get_object", Params={"Bucket": destination["bucket"], "Key": destination["key"]}, ExpiresIn=seconds
     )
+
+
+def delivered_by(destination: dict[str, Any]) -> str | None:
+    """The id of the export whose result is at `destination` ("" if the file is not an export's; None if nothing
+    is there)."""
+    if destination["kind"] == "local":
+        path = Path(destination["path"])
+        if not path.exists():
+            return None
+        try:
+            with rasterio.open(path) as src:
+                return src.tags().get("JEO_EXPORT_ID", "")
+        except rasterio.errors.RasterioError:
+            return ""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = s3_client(destination).head_object(Bucket=destination["bucket"], Key=destination["key"])
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return head.get("Metadata", {}).get("jeo-export-id", "")
 
 
 def delete_result(plan: ExportPlan) -> None:
@@ -150,21 +178,49 @@ def assemble(plan: ExportPlan, output: Path) -> Path:
 
 
 def deliver(plan: ExportPlan, output: Path) -> str:
-    """Move the result into the export root, or upload it to S3; its href."""
+    """Move the result into the export root, or upload it to S3; its href. Without `overwrite`, whatever appeared
+    at the destination meanwhile stays (DestinationConflict), unless it is this export's own result (delivered by an
+    earlier, interrupted merge)."""
     destination = plan.destination
+    href = plan.result_href
+    shown = destination.get("name") or href
+    previous = delivered_by(destination)
+    replace = bool(destination.get("overwrite")) or previous == plan.id
+    if previous is not None and not replace:
+        raise DestinationConflict("destination", f"'{shown}' appeared while the export ran: not overwritten")
+    conflict = DestinationConflict("destination", f"'{shown}' appeared during the delivery: not overwritten")
     if destination["kind"] == "local":
         target = Path(destination["path"])
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(f".{target.name}.{plan.id}.part")
-        shutil.move(str(output), part)  # may cross file systems; the rename below is atomic
-        os.replace(part, target)
-        return str(target)
+        shutil.move(str(output), part)  # may cross file systems; the rename or link below is atomic
+        try:
+            if replace:
+                os.replace(part, target)
+            else:
+                os.link(part, target)  # fails if the target exists
+        except FileExistsError:
+            raise conflict from None
+        finally:
+            part.unlink(missing_ok=True)
+        return href
+    from botocore.exceptions import BotoCoreError, ClientError
+
     client = s3_client(destination)
-    client.upload_file(
-        str(output), destination["bucket"], destination["key"],
-        ExtraArgs={"ContentType": plan.media_type, "Metadata": {"jeo-export-id": plan.id}},
-    )  # fmt: skip
-    return f"s3://{destination['bucket']}/{destination['key']}"
+    extra = {"ContentType": plan.media_type, "Metadata": {"jeo-export-id": plan.id}}
+    try:
+        if replace or output.stat().st_size > 5 * 2**30:  # larger objects need a multipart upload
+            client.upload_file(str(output), destination["bucket"], destination["key"], ExtraArgs=extra)
+        else:
+            with open(output, "rb") as body:
+                client.put_object(Bucket=destination["bucket"], Key=destination["key"], Body=body, IfNoneMatch="*", **extra)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            raise conflict from None
+        raise RuntimeError(f"upload to {href} failed: {error}") from None
+    except (BotoCoreError, OSError) as error:
+        raise RuntimeError(f"upload to {href} failed: {error}") from None
+    return href
 
 
 def remove_partials(plan: ExportPlan, keep_logs: bool = True) -> None:
@@ -181,39 +237,62 @@ def remove_partials(plan: ExportPlan, keep_logs: bool = True) -> None:
         part.unlink(missing_ok=True)
 
 
-def run_merge(store: ExportStore, export_id: str) -> int:
-    """Assemble and deliver; the process exit code (0 also when the export is no longer active)."""
+def run_merge(store: ExportStore, export_id: str, wait: bool = True) -> int:
+    """Assemble and deliver, holding the export's `merge` lease; the process exit code (0 also when the export is
+    no longer active or another live process merges it). With `wait`, wait for such a process to end first."""
+    holder = process_token()
+    token = store.acquire(export_id, MERGE, holder)
+    while token is None and wait and store.status(export_id) in ACTIVE:
+        time.sleep(1)
+        token = store.acquire(export_id, MERGE, holder)
     record = store.require(export_id)
     plan = record.plan
-    if not record.active:
-        print(f"export {export_id} is {record.status}: nothing to merge", flush=True)
+    if token is None:
+        print(f"export {export_id} is {record.status}" + (": another process merges it" if record.active else ""),
+              flush=True)
         return 0
-    print(f"export {export_id}: merging {plan.chunks_total} chunks into {plan.format} ({plan.width}×{plan.height})",
-          flush=True)
+    fence = (MERGE, token)
+    states = store.chunk_states(export_id)
+    missing = [i for i in range(plan.chunks_total) if states.get(i) != "done"]
+    if missing:
+        print(f"export {export_id}: chunk(s) {missing[:20]} not computed", flush=True)
+        if store.transition(export_id, "failed", fence=fence, error=f"merge failed: chunk(s) {missing[:20]} not computed",
+                            log_tail=tail(merge_log(plan))):
+            remove_partials(plan)
+        return 1
+    print(f"export {export_id}: merge {token} of {plan.chunks_total} chunks into {plan.format} "
+          f"({plan.width}×{plan.height})", flush=True)
     store.mark_running(export_id)
     start = time.perf_counter()
     output = merge_dir(plan) / f"result-{os.getpid()}.tif"  # per process: a stray second merge cannot clash
     output.parent.mkdir(parents=True, exist_ok=True)
+    beat = max(0.5, min(10.0, store.lease_timeout / 4))
     try:
-        with terminate_as_exit():
+        with terminate_as_exit(), Heartbeat(lambda: store.renew(export_id, MERGE, token), beat) as heartbeat:
             assemble(plan, output)
             print(f"assembled in {time.perf_counter() - start:.2f} s ({output.stat().st_size:,} bytes)", flush=True)
-            if store.status(export_id) != "running":
-                print(f"export {export_id} is no longer active: result discarded", flush=True)
-                remove_partials(plan)
+            status = store.status(export_id)
+            if status != "running" or heartbeat.lost.is_set() or not store.holds(export_id, MERGE, token):
+                print(f"export {export_id} is {status}, merge lease {token} "
+                      f"{'held' if store.holds(export_id, MERGE, token) else 'lost'}: result discarded", flush=True)
+                if status in ("failed", "canceled"):
+                    remove_partials(plan)
                 return 0
             href = deliver(plan, output)
-            if not store.transition(export_id, "finished", result=href):
-                print(f"export {export_id} was canceled during delivery: result removed", flush=True)
-                delete_result(plan)
+            if not store.transition(export_id, "finished", fence=fence, result=href):
+                if store.status(export_id) == "canceled":
+                    print(f"export {export_id} was canceled during delivery: result removed", flush=True)
+                    delete_result(plan)
+                else:  # another merge holds the lease now; it delivers the same result
+                    print(f"export {export_id}: merge lease {token} lost during delivery", flush=True)
                 return 0
     except Exception as error:  # noqa: BLE001
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
-        store.transition(export_id, "failed", error=f"merge failed: {error}",
-                         log_tail=tail(merge_log(plan)) or traceback.format_exc())
-        remove_partials(plan)
+        if store.transition(export_id, "failed", fence=fence, error=redact(f"merge failed: {error}"),
+                            log_tail=tail(merge_log(plan)) or traceback.format_exc()):
+            remove_partials(plan)
         return 1
     finally:
         output.unlink(missing_ok=True)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import typing
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyproj
 import rasterio.warp
@@ -41,6 +40,7 @@ from mosaics.limits import MemoryEstimate, check_memory
 from mosaics.models import Asset, Item
 from mosaics.recipe import Recipe
 from tiler.exports import chunks as chunking
+from tiler.exports.leases import Lease
 from tiler.params import parse_crs, parse_datetime
 
 STATUSES = ("queued", "running", "finished", "failed", "canceled")
@@ -53,6 +53,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _EPSG_4326 = CRS.from_epsg(4326)
 _GEOD = pyproj.Geod(ellps="WGS84")
+_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"`:,;()\[\]{}<>]+/)+(?=[^\s/])")
+
+
+class DestinationConflict(InvalidParameter):
+    """The destination exists (without `overwrite`) or another active export writes it. HTTP 409."""
+
+
+def redact(text: str) -> str:
+    """`text` with the directories of absolute paths removed (messages name files, never server paths)."""
+    return _PATH.sub("", text)
 
 
 class ExportRequest(BaseModel):
@@ -83,6 +93,11 @@ class ExportRequest(BaseModel):
     resolution: float | list[float] | None = Field(None, description="Output pixel size in `crs` units (default: native).")
     format: str = Field("cog", description="cog (Cloud-Optimized GeoTIFF) or gtiff (tiled GeoTIFF).")
     destination: str | None = Field(None, description="A file name under the export root, or s3://bucket/prefix.")
+    overwrite: bool = Field(False, description="Replace a result that exists at `destination` (else 409).")
+    on_error: Literal["skip", "fail"] | None = Field(
+        None, description="A scene that cannot be read is skipped and named in the status (skip), or fails the export "
+        "(fail); default from settings."
+    )
     executor: str | None = Field(None, description="local or slurm (default from settings).")
     chunk_size: int | None = Field(None, description="Chunk size in pixels (multiple of 256; default from settings).")
 
@@ -117,7 +132,7 @@ class ExportPlan:
     descriptions: list[str]
     executor: str
     work_dir: str
-    strict: bool = True
+    on_error: str = "skip"  # skip or fail
     geometry: dict[str, Any] | None = None  # in the output CRS
     preset: str | None = None
     estimate: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +143,9 @@ class ExportPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportPlan:
+        data = dict(data)
+        if "strict" in data:  # plans stored before `on_error`
+            data["on_error"] = "fail" if data.pop("strict") else "skip"
         return cls(**data)
 
     # --- derived objects ---
@@ -204,14 +222,17 @@ class ExportRecord:
     started: str | None = None
     finished: str | None = None
     jobs: list[str] = field(default_factory=list)
-    owner: str | None = None
     error: str | None = None
     log_tail: str | None = None
     result: str | None = None
     chunks_total: int = 0
     chunks_done: int = 0
-    attempts: int = 0
+    attempts: int = 0  # local resumes
     created_by: str | None = None  # the submitting caller (tiler.tokens.Caller.principal); None = anonymous
+    run: Lease | None = None  # local exports: the process hosting the workers
+    merges: int = 0  # merges started (the merge lease's token)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable scenes: item id → reason
+    retries: list[dict[str, Any]] = field(default_factory=list)  # SLURM resubmissions
 
     @property
     def active(self) -> bool:
@@ -237,6 +258,9 @@ class ExportRecord:
             "result": self.result,
             "error": self.error,
             "log_tail": self.log_tail,
+            "skipped": self.skipped,
+            "merges": self.merges,
+            "retries": self.retries,
         }
 
 
@@ -336,8 +360,10 @@ def _snap(low: float, high: float, origin: float, res: float) -> tuple[float, fl
     )
 
 
-def _destination(request: ExportRequest, export_id: str, settings, active_paths: set[str]) -> dict[str, Any]:
+def _destination(request: ExportRequest, export_id: str, settings) -> dict[str, Any]:
+    """Where the result goes; DestinationConflict if something is there already (unless `overwrite`)."""
     text = (request.destination or "").strip()
+    refuse = "; set overwrite: true to replace it"
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://"):].partition("/")
         if not _BUCKET.match(bucket):
@@ -349,12 +375,18 @@ def _destination(request: ExportRequest, export_id: str, settings, active_paths:
         else:
             key = (prefix.rstrip("/") + "/" if prefix.strip("/") else "") + f"{export_id}.tif"
         destination = {
-            "kind": "s3", "bucket": bucket, "key": key,
+            "kind": "s3", "bucket": bucket, "key": key, "overwrite": request.overwrite,
             "endpoint_url": settings.export_s3_endpoint_url, "region": settings.export_s3_region,
         }  # fmt: skip
-        from tiler.exports.merge import check_bucket
+        from tiler.exports.merge import check_bucket, delivered_by
 
         check_bucket(destination)
+        try:
+            present = delivered_by(destination)
+        except Exception as error:  # noqa: BLE001 - botocore's errors: the message says what
+            raise InvalidParameter("destination", f"cannot check 's3://{bucket}/{key}': {redact(str(error))}") from None
+        if present is not None and not request.overwrite:
+            raise DestinationConflict("destination", f"'s3://{bucket}/{key}' already exists{refuse}")
         return destination
     if text and text.startswith("s3:"):
         raise InvalidParameter("destination", f"'{text}': S3 destinations are s3://bucket/prefix")
@@ -369,17 +401,18 @@ def _destination(request: ExportRequest, export_id: str, settings, active_paths:
     path = (root / name).resolve()
     if root not in path.parents:
         raise InvalidParameter("destination", f"'{name}' is outside the export root")
-    if path.exists() or str(path) in active_paths:
-        raise InvalidParameter("destination", f"'{name}' already exists (or is being written by another export)")
-    return {"kind": "local", "path": str(path), "name": name}
+    if path.is_dir() or any(parent.is_file() for parent in path.parents if root in parent.parents):
+        raise InvalidParameter("destination", f"'{name}' is a directory, or inside a file")
+    if path.exists() and not request.overwrite:
+        raise DestinationConflict("destination", f"'{name}' already exists{refuse}")
+    return {"kind": "local", "path": str(path), "name": name, "overwrite": request.overwrite}
 
 
 def _pick(request_value, preset_value):
     return request_value if request_value is not None else preset_value
 
 
-def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, active_paths: set[str] = frozenset(),
-            export_id: str | None = None) -> ExportPlan:
+def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, export_id: str | None = None) -> ExportPlan:
     """Validate `request` and resolve it into a plan; raises InvalidParameter / NotFound naming the field."""
     export_id = export_id or new_id()
     collection = catalog.collection(request.collection)
@@ -492,6 +525,18 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         raise InvalidParameter("crs", f"the area cannot be transformed to {request.crs}: {error}") from None
     if not all(map(math.isfinite, bounds)) or bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
         raise InvalidParameter("crs", f"the area cannot be transformed to {request.crs or native_crs.to_string()}")
+    size_field = "resolution" if request.resolution is not None else area_field  # what makes an export too large
+    span_x, span_y = bounds[2] - bounds[0], bounds[3] - bounds[1]
+    if request.resolution is not None and (resolution[0] > span_x or resolution[1] > span_y):
+        raise InvalidParameter(
+            "resolution", f"{request.resolution} is coarser than the area itself ({span_x:.6g} × {span_y:.6g} in "
+            f"{out_crs.to_string()})",
+        )  # fmt: skip
+    approximate = span_x / resolution[0] * (span_y / resolution[1])
+    if not math.isfinite(approximate) or approximate > 2 * settings.export_max_pixels:  # checked before snapping
+        raise InvalidParameter(
+            size_field, f"about {approximate:,.0f} pixels exceeds the maximum of {settings.export_max_pixels:,}"
+        )
     origin = (native_transform.c, native_transform.f) if same_crs else (0.0, 0.0)
     left, right = _snap(bounds[0], bounds[2], origin[0], resolution[0])
     bottom, top = _snap(bounds[1], bounds[3], origin[1], resolution[1])
@@ -499,8 +544,14 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
     height = max(1, round((top - bottom) / resolution[1]))
     if width * height > settings.export_max_pixels:
         raise InvalidParameter(
-            "resolution", f"{width} × {height} = {width * height:,} pixels exceeds the maximum of {settings.export_max_pixels:,}"
+            size_field, f"{width} × {height} = {width * height:,} pixels exceeds the maximum of {settings.export_max_pixels:,}"
         )
+    size = width * height * len(descriptions) * 4
+    if size > settings.export_max_bytes:
+        raise InvalidParameter(
+            size_field, f"{width} × {height} px × {len(descriptions)} band(s) × 4 B = {size / 2**30:,.2f} GiB exceeds the "
+            f"maximum of {settings.export_max_bytes / 2**30:,.2f} GiB",
+        )  # fmt: skip
     km2 = _area_km2(area)
     if km2 > settings.export_max_area_km2:
         raise InvalidParameter(area_field, f"{km2:,.0f} km² exceeds the maximum of {settings.export_max_area_km2:,.0f} km²")
@@ -520,14 +571,12 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         raise InvalidParameter("executor", f"'{executor}' is not one of {', '.join(EXECUTORS)}")
     if executor not in allowed and executor != settings.export_executor:
         raise InvalidParameter("executor", f"'{executor}' is not enabled here (allowed: {', '.join(allowed)})")
-    if executor == "slurm" and shutil.which("sbatch") is None:
-        raise InvalidParameter("executor", "slurm: sbatch is not installed on the server host")
     chunk_size = request.chunk_size or settings.export_chunk_size
     if chunk_size % 256 or not 256 <= chunk_size <= settings.export_max_chunk_size:
         raise InvalidParameter(
             "chunk_size", f"{chunk_size} must be a multiple of 256 between 256 and {settings.export_max_chunk_size}"
         )
-    destination = _destination(request, export_id, settings, set(active_paths))
+    destination = _destination(request, export_id, settings)
 
     # --- estimate ---
     windows = chunking.windows(width, height, chunk_size)
@@ -558,7 +607,7 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         "bands": len(descriptions),
         "chunks": len(windows),
         "chunk_size": chunk_size,
-        "bytes": width * height * len(descriptions) * 4,
+        "bytes": size,
         "items": len(distinct),
         "item_reads": sum(per_chunk),
         "memory_per_chunk": chunk_bytes,
@@ -600,7 +649,7 @@ def prepare(request: ExportRequest, *, catalog: Catalog, presets, settings, acti
         descriptions=list(descriptions),
         executor=executor,
         work_dir=str(Path(settings.export_work_path).resolve() / export_id),
-        strict=settings.export_strict,
+        on_error=request.on_error or settings.export_on_error,
         geometry=geometry,
         preset=preset.id if preset else None,
         estimate=estimate,

@@ -1,9 +1,10 @@
 """ExportService: submit, list, watch and cancel exports; shared by the web API and `jeo export`.
 
-The service validates a request into a plan (`models.prepare`), stores the record, hands it to an
-executor, and reconciles active exports with their executor every `export_poll_interval` seconds:
-SLURM exports from squeue/sacct; local exports whose owning process is gone are resumed (missing
-chunks only, once) or failed with the reason.
+The service validates a request into a plan (`models.prepare`, then the executor's availability),
+stores the record (claiming its destination), hands it to an executor, and reconciles active exports
+with their executor every `export_poll_interval` seconds: SLURM exports from squeue/sacct; local
+exports whose `run` lease holder is gone (this host: the process ended; another host: no heartbeat
+for `export_lease_timeout` seconds) are resumed (missing chunks only, once) or failed with the reason.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mosaics.catalog import Catalog
-from mosaics.errors import InvalidParameter, JeoError
-from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor, owner_alive
+from mosaics.errors import InvalidParameter
+from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor
+from tiler.exports.leases import RUN
 from tiler.exports.merge import remove_partials
-from tiler.exports.models import ExportRecord, ExportRequest, now, prepare
+from tiler.exports.models import ExportRecord, ExportRequest, now, prepare, redact
 from tiler.exports.store import EVERYONE, ExportStore
 from tiler.presets import PresetRegistry
 
 logger = logging.getLogger(__name__)
-HANDOVER_SECONDS = 60  # a local export without owner this young is being handed to a `jeo export-run`
-
-
-class ExecutorUnavailable(JeoError):
-    """The executor could not take the export (e.g. SLURM unreachable). HTTP 503."""
+HANDOVER_SECONDS = 60  # a local export without a run lease this young is being handed to a `jeo export-run`
 
 
 def worker_env(settings) -> dict[str, str]:
@@ -46,9 +44,10 @@ class ExportService:
         self.settings = settings
         self.catalog = catalog or Catalog(settings.database_path)
         self.presets = presets or PresetRegistry.from_files(settings.presets)
-        self.store = ExportStore(settings.database_path)
+        self.store = ExportStore(settings.database_path, settings.export_lease_timeout)
         self.env = worker_env(settings)
-        self.local = LocalExecutor(self.store, self.env, settings.export_local_workers)
+        heartbeat = max(0.5, min(settings.export_poll_interval, settings.export_lease_timeout / 4))
+        self.local = LocalExecutor(self.store, self.env, settings.export_local_workers, heartbeat)
         self.slurm = SlurmExecutor(self.store, settings, self.env)
         self.adopt_orphans = adopt_orphans
         self._stop = threading.Event()
@@ -84,39 +83,36 @@ class ExportService:
     # --- requests ---
 
     def prepare(self, request: ExportRequest | dict[str, Any]):
-        """Validate a request into a plan (nothing is stored or submitted)."""
+        """Validate a request into a plan, and check that its executor can take it (nothing is stored or submitted)."""
         if not isinstance(request, ExportRequest):
             request = ExportRequest.parse(request)
-        return request, prepare(
-            request, catalog=self.catalog, presets=self.presets, settings=self.settings,
-            active_paths=self.store.active_destinations(),
-        )  # fmt: skip
+        plan = prepare(request, catalog=self.catalog, presets=self.presets, settings=self.settings)
+        if plan.executor == "slurm":
+            self.slurm.check()
+        return request, plan
 
     def submit(
         self, request: ExportRequest | dict[str, Any], *, run_local: bool = True, created_by: str | None = None
     ) -> ExportRecord:
         """Validate, store and submit an export on behalf of `created_by` (a caller principal, None =
-        anonymous). With run_local=False a local export is only stored (owner None) for a `jeo export-run`
-        process to pick up."""
+        anonymous). With run_local=False a local export is only stored (without a run lease) for a
+        `jeo export-run` process to pick up."""
         request, plan = self.prepare(request)
-        local = plan.executor == "local"
         record = ExportRecord(
             id=plan.id, status="queued", collection=plan.collection, executor=plan.executor,
-            request=request.model_dump(exclude_none=True), plan=plan, created=now(),
-            owner=self.local.owner if local and run_local else None, chunks_total=plan.chunks_total,
+            request=request.model_dump(exclude_none=True), plan=plan, created=now(), chunks_total=plan.chunks_total,
             created_by=created_by,
         )  # fmt: skip
         self.store.insert(record)
         try:
-            if local:
-                if run_local:
-                    self.local.submit(record)
-            else:
+            if plan.executor == "slurm":
                 self.slurm.submit(record)
+            elif run_local:
+                self.local.submit(record, self.store.acquire(record.id, RUN, self.local.holder))
         except SlurmError as error:
             self.store.delete(record.id)
             remove_partials(plan, keep_logs=False)
-            raise ExecutorUnavailable(f"executor: SLURM did not accept the export: {error}") from None
+            raise InvalidParameter("executor", redact(f"slurm: SLURM did not accept the export: {error}")) from None
         except BaseException:
             self.store.delete(record.id)
             remove_partials(plan, keep_logs=False)
@@ -124,11 +120,14 @@ class ExportService:
         return self.store.require(record.id)
 
     def run_owned(self, export_id: str) -> bool:
-        """Take over a stored local export without owner (`jeo export-run`) and run it here."""
+        """Take over a stored local export without a run lease (`jeo export-run`) and run it here."""
         record = self.store.require(export_id)
-        if record.executor != "local" or not self.store.claim(export_id, self.local.owner, None):
+        if record.executor != "local" or record.run is not None:
             return False
-        self.local.submit(self.store.require(export_id))
+        token = self.store.acquire(export_id, RUN, self.local.holder)
+        if token is None:
+            return False
+        self.local.submit(self.store.require(export_id), token)
         return True
 
     def get(self, export_id: str, refresh: bool = True) -> ExportRecord:
@@ -139,7 +138,10 @@ class ExportService:
                 if due:
                     self._refreshed[export_id] = time.monotonic()
             if due:
-                self.slurm.refresh(record)
+                try:
+                    self.slurm.refresh(record)
+                except SlurmError as error:
+                    logger.warning("export %s: %s", export_id, error)
                 record = self.store.require(export_id)
         return record
 
@@ -171,12 +173,13 @@ class ExportService:
             if gone:
                 remove_partials(record.plan, keep_logs=False)
             return
-        if self.local.owns(record.id) or record.owner == self.local.owner:
+        run = record.run
+        if self.local.owns(record.id) or (run is not None and run.holder == self.local.holder):
             self.local.cancel(record.id)
             remove_partials(record.plan, keep_logs=False)
-        elif not owner_alive(record.owner):
+        elif run is None or not run.alive(self.settings.export_lease_timeout):
             remove_partials(record.plan, keep_logs=False)
-        # else: the owning process sees the status within a second and cleans up
+        # else: the holder sees the status within a second and cleans up
 
     # --- reconciliation ---
 
@@ -203,23 +206,26 @@ class ExportService:
                     pass
 
     def _reconcile_local(self, record: ExportRecord) -> None:
-        if record.owner == self.local.owner or owner_alive(record.owner):
+        run = record.run
+        if run is not None and (run.holder == self.local.holder or run.alive(self.settings.export_lease_timeout)):
             return
-        if record.owner is None:
+        if run is None:
             created = datetime.fromisoformat(record.created.replace("Z", "+00:00"))
             if datetime.now(timezone.utc) - created < timedelta(seconds=HANDOVER_SECONDS):
                 return
         if not self.adopt_orphans:
             return
+        holder = run.holder if run else "none"
         if self.settings.export_resume_local and record.attempts < 1:
-            if self.store.claim(record.id, self.local.owner, record.owner, resume=True):
-                logger.info("resuming local export %s (its process %s stopped)", record.id, record.owner)
+            token = self.store.acquire(record.id, RUN, self.local.holder, resume=True)
+            if token is not None:
+                logger.info("resuming local export %s (its process %s stopped)", record.id, holder)
                 self.store.reset_unfinished_chunks(record.id)
-                self.local.submit(self.store.require(record.id))
+                self.local.submit(self.store.require(record.id), token)
             return
         if self.store.transition(
-            record.id, "failed",
-            error=f"interrupted: the process running it ({record.owner or 'none'}) stopped"
+            record.id, "failed", fence=(RUN, run.token) if run else None,
+            error=f"interrupted: the process running it ({holder}) stopped"
             + (" and it was already resumed once" if record.attempts else ""),
         ):  # fmt: skip
             remove_partials(record.plan)

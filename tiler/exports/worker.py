@@ -1,8 +1,10 @@
 """One export chunk: `mosaics.composite.composite` on the chunk's `Grid`, written as a tiled GeoTIFF.
 
-Run as `jeo export-worker --export ID --chunk N` (by the local pool or a SLURM array task). The chunk
-is written to `<work>/chunks/NNNNN.tif.part` and renamed when complete, and recorded in the store;
-a failure marks the whole export failed with the tail of the chunk's log.
+Run as `jeo export-worker --export ID --chunk N` (a SLURM array task) or `--all --lease TOKEN` (a local
+pool worker taking chunks). The chunk is written to a `.part` file of the process and renamed when
+complete, and recorded in the store for the attempt that computed it (a later attempt or a new lease
+holder replaces it). Unreadable scenes are skipped and recorded with the chunk (`on_error: skip`), or
+fail the export (`fail`); a failure marks the export failed with the tail of the chunk's log.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from mosaics.composite import composite
 from mosaics.corrections import Corrector
 from mosaics.errors import NotFound, SceneReadError
 from tiler.exports.chunks import window_transform
-from tiler.exports.models import ACTIVE, ExportPlan
+from tiler.exports.leases import RUN, die_with_parent, token_pid
+from tiler.exports.models import ACTIVE, ExportPlan, redact
 from tiler.exports.store import ExportStore
 from tiler.settings import get_settings
 
@@ -82,9 +85,11 @@ class ChunkError(RuntimeError):
     """A chunk could not be computed as requested."""
 
 
-def compute_chunk(plan: ExportPlan, chunk: int, catalog: Catalog, pool: ThreadPoolExecutor) -> np.ndarray:
-    """`float32[bands, h, w]` of chunk `chunk`, NaN where there is no usable observation."""
+def compute_chunk(plan: ExportPlan, chunk: int, catalog: Catalog, pool: ThreadPoolExecutor) -> tuple[np.ndarray, dict[str, str]]:
+    """`float32[bands, h, w]` of chunk `chunk`, NaN where there is no usable observation, and the scenes that
+    could not be read (item id → reason; with `on_error: fail` they fail the chunk instead)."""
     grid = plan.chunk_grid(chunk)
+    nodata = np.full((plan.bands, grid.height, grid.width), np.nan, dtype=np.float32)
     try:
         result = composite(
             catalog, plan.collection, grid, plan.recipe_object(), plan.compositing_object(), plan.selection_object(),
@@ -94,15 +99,21 @@ def compute_chunk(plan: ExportPlan, chunk: int, catalog: Catalog, pool: ThreadPo
         if error.kind != "items":
             raise
         print(f"chunk {chunk}: no scene touches it: all nodata", flush=True)
-        return np.full((plan.bands, grid.height, grid.width), np.nan, dtype=np.float32)
+        return nodata, {}
+    except SceneReadError as error:
+        if plan.on_error == "fail" or error.asset != "*":
+            raise
+        print(f"chunk {chunk}: every scene failed to read ({error.item_id}): all nodata", flush=True)
+        return nodata, {item: "unreadable (see the chunk's log)" for item in error.item_id.split(",")}
+    skipped = {item: redact(reason) for item, reason in result.skipped.items()}
     print(
-        f"chunk {chunk}: {len(result.items)} candidate items, {len(result.read)} read, skipped {result.skipped or 'none'}; "
+        f"chunk {chunk}: {len(result.items)} candidate items, {len(result.read)} read, skipped {skipped or 'none'}; "
         + ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings.spent.items()),
         flush=True,
     )
-    if result.skipped and plan.strict:
+    if skipped and plan.on_error == "fail":
         reasons = "; ".join(f"{item}: {why}" for item, why in result.skipped.items())
-        raise SceneReadError(",".join(result.skipped), "*", f"unreadable scene(s) in chunk {chunk}: {reasons}")
+        raise SceneReadError(",".join(skipped), "*", f"unreadable scene(s) in chunk {chunk}: {reasons}")
     values = np.asarray(result.values, dtype=np.float32)
     if values.shape != (plan.bands, grid.height, grid.width):
         raise ChunkError(f"chunk {chunk}: composite shape {values.shape} != {(plan.bands, grid.height, grid.width)}")
@@ -112,15 +123,15 @@ def compute_chunk(plan: ExportPlan, chunk: int, catalog: Catalog, pool: ThreadPo
             [plan.geometry], out_shape=(grid.height, grid.width), transform=window_transform(plan.affine, window)
         )
         values[:, outside] = np.nan
-    return values
+    return values, skipped
 
 
 def write_chunk(plan: ExportPlan, chunk: int, values: np.ndarray) -> Path:
-    """Write a chunk as a tiled float32 GeoTIFF (atomically: `.part`, then rename)."""
+    """Write a chunk as a tiled float32 GeoTIFF (atomically: a `.part` of this process, then rename)."""
     window = plan.windows[chunk]
     path = chunk_path(plan, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
     profile = {
         "driver": "GTiff", "width": window.width, "height": window.height, "count": plan.bands, "dtype": "float32",
         "crs": plan.rasterio_crs, "transform": window_transform(plan.affine, window), "nodata": float("nan"),
@@ -166,15 +177,17 @@ def _job() -> str:
     return f"pid:{os.getpid()}"
 
 
-def _compute(store: ExportStore, catalog: Catalog, plan: ExportPlan, chunk: int, pool: ThreadPoolExecutor) -> int:
-    """Compute and write a chunk already marked running; 0, or 1 after failing the export."""
+def _compute(store: ExportStore, catalog: Catalog, plan: ExportPlan, chunk: int, pool: ThreadPoolExecutor,
+             job: str, fence: tuple[str, int] | None = None) -> int:
+    """Compute and write a chunk already marked running by attempt `job`; 0, or 1 after failing the export.
+    Nothing is recorded once the attempt was replaced (or, with `fence`, the lease lost)."""
     export_id = plan.id
     window = plan.windows[chunk]
     print(f"export {export_id} chunk {chunk}/{plan.chunks_total}: window {tuple(window)} on {os.uname().nodename} "
-          f"({_job()})", flush=True)
+          f"({job})", flush=True)
     start = time.perf_counter()
     try:
-        values = compute_chunk(plan, chunk, catalog, pool)
+        values, skipped = compute_chunk(plan, chunk, catalog, pool)
         if store.status(export_id) not in ACTIVE:
             print(f"export {export_id} is no longer active: chunk {chunk} discarded", flush=True)
             return 0
@@ -183,12 +196,15 @@ def _compute(store: ExportStore, catalog: Catalog, plan: ExportPlan, chunk: int,
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
-        store.chunk_finished(export_id, chunk, "failed", time.perf_counter() - start)
+        if not store.chunk_finished(export_id, chunk, job, "failed", time.perf_counter() - start, fence=fence):
+            return 0  # replaced by another attempt
         log = tail(chunk_log(plan, chunk)) or traceback.format_exc()
-        store.transition(export_id, "failed", error=f"chunk {chunk} failed: {error}", log_tail=log)
+        store.transition(export_id, "failed", fence=fence, error=redact(f"chunk {chunk} failed: {error}"), log_tail=log)
         return 1
     seconds = time.perf_counter() - start
-    store.chunk_finished(export_id, chunk, "done", seconds)
+    if not store.chunk_finished(export_id, chunk, job, "done", seconds, skipped, fence=fence):
+        print(f"chunk {chunk} was taken over by another attempt: not recorded", flush=True)
+        return 0
     print(f"chunk {chunk} written in {seconds:.2f} s", flush=True)
     return 0
 
@@ -205,38 +221,31 @@ def run_chunk(store: ExportStore, catalog: Catalog, export_id: str, chunk: int, 
     if not record.active:
         print(f"export {export_id} is {record.status}: chunk {chunk} not computed", flush=True)
         return 0
-    store.chunk_started(export_id, chunk, _job())
+    job = _job()
+    store.chunk_started(export_id, chunk, job)
     with terminate_as_exit(), ThreadPoolExecutor(read_threads, thread_name_prefix="jeo-export-read") as pool:
-        return _compute(store, catalog, plan, chunk, pool)
+        return _compute(store, catalog, plan, chunk, pool, job)
 
 
-def run_claiming(store: ExportStore, catalog: Catalog, export_id: str, read_threads: int = 8) -> int:
-    """Take chunks until none is left (local pool worker), each logged to its own chunk log; the worker
-    that sees every chunk done then merges. The exit code (0 also when the export is no longer active)."""
+def run_claiming(store: ExportStore, catalog: Catalog, export_id: str, token: int, read_threads: int = 8) -> int:
+    """Take chunks until none is left (local pool worker, for the holder of `run` lease `token`), each logged to
+    its own chunk log; the worker that sees every chunk done then merges. The exit code (0 also when the export
+    is no longer active or the lease went to another process). The worker ends with the process that started it."""
     from tiler.exports.merge import run_merge
 
-    record = store.require(export_id)
-    plan = record.plan
-    job = _job()
-    owner, parent = record.owner, os.getppid()
-
-    def ours() -> bool:
-        """Still active and run by the process that started this worker (not resumed by another one)."""
-        current = store.get(export_id)
-        return current is not None and current.active and current.owner == owner and os.getppid() == parent
-
+    plan = store.require(export_id).plan
+    lease = store.lease(export_id, RUN)
+    if lease is None or lease.token != token or not die_with_parent(token_pid(lease.holder or "") or -1):
+        print(f"export {export_id}: run lease {token} is not held by this worker's parent", flush=True)
+        return 0
+    job, fence = _job(), (RUN, token)
     with terminate_as_exit(), ThreadPoolExecutor(read_threads, thread_name_prefix="jeo-export-read") as pool:
-        while ours():
-            chunk = store.claim_chunk(export_id, plan.chunks_total, job)
-            if chunk is None:
-                break
+        while (chunk := store.claim_chunk(export_id, plan.chunks_total, job, token)) is not None:
             with output_to(chunk_log(plan, chunk)):
-                code = _compute(store, catalog, plan, chunk, pool)
+                code = _compute(store, catalog, plan, chunk, pool, job, fence)
             if code:
                 return code
-    if not ours():
-        return 0
-    if store.chunks_done(export_id) == plan.chunks_total and store.claim_merge(export_id, job):
+    if store.holds(export_id, RUN, token) and store.chunks_done(export_id) == plan.chunks_total:
         with output_to(merge_log(plan)):
-            return run_merge(store, export_id)
+            return run_merge(store, export_id, wait=False)
     return 0
