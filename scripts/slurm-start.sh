@@ -11,7 +11,8 @@
 #
 # Environment: SLURM_BASE (base dir), JEO_SLURM_CPUS (CPUs declared for the node, default 4,
 # more than the real cores so that tests can run several tasks at once), JEO_SLURMCTLD_PORT /
-# JEO_SLURMD_PORT (default 6817 / 6818; change both to run a second cluster beside another).
+# JEO_SLURMD_PORT (default 6817 / 6818; change both to run a second cluster beside another),
+# JEO_SLURM_EXTRA_CONF (lines appended to slurm.conf, e.g. a preempting partition for a test cluster).
 # Afterwards every client command needs:  export SLURM_CONF=$SLURM_BASE/etc/slurm.conf
 # Stop it with scripts/slurm-stop.sh. Recipe: shared/notes/local-slurm.md.
 set -euo pipefail
@@ -25,7 +26,7 @@ case "${1:-}" in
   "") ;;
   --probe) MODE=probe ;;
   --check) MODE=check ;;
-  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--probe|--check]" >&2; exit 2 ;;
 esac
 
@@ -131,6 +132,7 @@ MinJobAge=3600
 ReturnToService=2
 NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+${JEO_SLURM_EXTRA_CONF:-}
 CONF
   chmod 644 "$SLURM_CONF.tmp"
   mv -f "$SLURM_CONF.tmp" "$SLURM_CONF"

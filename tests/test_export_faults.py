@@ -111,6 +111,8 @@ def cluster() -> Cluster:
     base.chmod(0o755)
     env = {"SLURM_BASE": str(base), "SLURM_CONF": f"{base}/etc/slurm.conf",
            "JEO_SLURMCTLD_PORT": str(_free_port()), "JEO_SLURMD_PORT": str(_free_port())}
+    env["JEO_SLURM_EXTRA_CONF"] = ("PreemptType=preempt/partition_prio\nPreemptMode=CANCEL\n"  # for `preempt`
+                                   "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10")
     own = Cluster(base, env)
     started = own.run("bash", "scripts/slurm-start.sh", "--probe", check=False)
     if started.returncode != 0:
@@ -321,6 +323,9 @@ def test_existing_destinations_are_refused_unless_overwrite(fserver, s3):  # noq
     assert replaced["result"] == first["result"]
     with rasterio.open(replaced["result"]) as src:
         assert src.tags()["JEO_EXPORT_ID"] == replaced["id"] and src.descriptions == ("ndvi",)
+    gone = fserver.get(f"/exports/{first['id']}/result")  # the first export's result is no longer its own
+    assert gone.status_code == 410 and replaced["id"] in gone.json()["detail"]
+    assert fserver.get(f"/exports/{replaced['id']}/result").content == Path(replaced["result"]).read_bytes()
     key = f"taken/{first['id']}.tif"
     s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"somebody else's object")
     taken = post(fserver, {**SMALL, "destination": f"s3://{s3.bucket}/{key}"})
@@ -483,9 +488,16 @@ def fail_node(cluster: Cluster) -> None:
         time.sleep(0.5)
 
 
-def test_slurm_node_failure_is_retried_then_fails_the_export(fserver, cluster, reference):
-    """Chunk tasks ending NODE_FAIL are resubmitted (JEO_EXPORT_SLURM_RETRIES=1) and the export finishes, equal to
-    the reference and merged once; when the resubmitted tasks fail the same way, the export fails with the reason."""
+def preempt(cluster: Cluster) -> None:
+    """Run a job in a higher-priority partition that needs every CPU: running chunk jobs end PREEMPTED."""
+    cluster.run("sbatch", "--parsable", "-p", "urgent", "-c", "4", f"--chdir={cluster.base}", "-o", "/dev/null",
+                "--wrap", "sleep 1")
+
+
+def test_slurm_node_failure_and_preemption_are_retried_then_fail_the_export(fserver, cluster, reference):
+    """Chunk jobs ending NODE_FAIL or PREEMPTED are resubmitted (JEO_EXPORT_SLURM_RETRIES=1): the export finishes,
+    equal to the reference and merged once. When the resubmitted jobs are lost again, the export fails with the
+    reason."""
     record = submit(fserver, {**WHOLE, "executor": "slurm", "destination": "nodefail/retried"})
     running_task(cluster, record)
     fail_node(cluster)
@@ -497,8 +509,9 @@ def test_slurm_node_failure_is_retried_then_fails_the_export(fserver, cluster, r
 
     record = submit(fserver, {**WHOLE, "executor": "slurm", "destination": "nodefail/exhausted"})
     running_task(cluster, record)
-    fail_node(cluster)
+    preempt(cluster)
     retried = wait(fserver, record["id"], until=("running", *TERMINAL), check=lambda r: len(r["jobs"]) == 4)
+    assert "PREEMPTED" in retried["retries"][0]["reason"], retried["retries"]
     running_task(cluster, {"jobs": retried["jobs"][2:3]})
     fail_node(cluster)
     failed = wait(fserver, record["id"])

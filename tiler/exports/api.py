@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 
 from mosaics.errors import NotFound
 from tiler.access import caller, catalog_view
-from tiler.exports.merge import presign
+from tiler.exports.merge import delivered_by, presign
 from tiler.exports.models import DestinationConflict, ExportRecord, ExportRequest
 from tiler.exports.service import ExportService
 
@@ -192,16 +192,24 @@ def _finished(request: Request, export_id: str) -> ExportRecord | JSONResponse:
 
 @router.get("/{export_id}/result", summary="The result file (or a redirect to a presigned S3 URL).")
 def export_result(request: Request, export_id: ExportId):
+    """410 when the result is gone, or was replaced by a later export with `overwrite`."""
     record = _finished(request, export_id)
     if isinstance(record, JSONResponse):
         return record
     plan = record.plan
+    try:
+        delivered = delivered_by(plan.destination)
+    except Exception:  # noqa: BLE001 - S3 unreachable right now: the redirect tells the client
+        delivered = record.id
+    if delivered is None:
+        return JSONResponse({"detail": f"export '{export_id}': the result is gone"}, status_code=410)
+    if delivered != record.id:
+        replaced = f"export '{delivered}'" if delivered else "another file"
+        return JSONResponse({"detail": f"export '{export_id}': the result was replaced by {replaced}"}, status_code=410)
     if plan.destination["kind"] == "s3":
         url = presign(plan.destination, request.app.state.settings.export_s3_presign_seconds)
         return RedirectResponse(url, status_code=307)
     path = FilePath(plan.destination["path"])
-    if not path.exists():
-        return JSONResponse({"detail": f"export '{export_id}': result file is gone"}, status_code=410)
     return FileResponse(path, media_type=plan.media_type, filename=path.name)
 
 

@@ -177,6 +177,18 @@ def assemble(plan: ExportPlan, output: Path) -> Path:
     return output
 
 
+def _link(part: Path, target: Path, conflict: Exception) -> None:
+    """Put `part` at `target` unless something is there (a hard link fails if the target exists)."""
+    try:
+        os.link(part, target)
+    except FileExistsError:
+        raise conflict from None
+    except OSError:  # a file system without hard links: check, then rename
+        if target.exists():
+            raise conflict from None
+        os.replace(part, target)
+
+
 def deliver(plan: ExportPlan, output: Path) -> str:
     """Move the result into the export root, or upload it to S3; its href. Without `overwrite`, whatever appeared
     at the destination meanwhile stays (DestinationConflict), unless it is this export's own result (delivered by an
@@ -198,9 +210,7 @@ def deliver(plan: ExportPlan, output: Path) -> str:
             if replace:
                 os.replace(part, target)
             else:
-                os.link(part, target)  # fails if the target exists
-        except FileExistsError:
-            raise conflict from None
+                _link(part, target, conflict)
         finally:
             part.unlink(missing_ok=True)
         return href
