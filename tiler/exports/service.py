@@ -19,8 +19,8 @@ from mosaics.catalog import Catalog
 from mosaics.errors import InvalidParameter
 from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor
 from tiler.exports.leases import RUN
-from tiler.exports.merge import remove_partials
-from tiler.exports.models import ExportRecord, ExportRequest, now, prepare, redact
+from tiler.exports.merge import delivered_by, remove_partials
+from tiler.exports.models import DestinationConflict, ExportRecord, ExportRequest, now, prepare, redact
 from tiler.exports.store import EVERYONE, ExportStore
 from tiler.presets import PresetRegistry
 
@@ -98,6 +98,8 @@ class ExportService:
         anonymous). With run_local=False a local export is only stored (without a run lease) for a
         `jeo export-run` process to pick up."""
         request, plan = self.prepare(request)
+        if plan.destination.get("overwrite"):
+            self._check_replaceable(plan, created_by)
         record = ExportRecord(
             id=plan.id, status="queued", collection=plan.collection, executor=plan.executor,
             request=request.model_dump(exclude_none=True), plan=plan, created=now(), chunks_total=plan.chunks_total,
@@ -118,6 +120,14 @@ class ExportService:
             remove_partials(plan, keep_logs=False)
             raise
         return self.store.require(record.id)
+
+    def _check_replaceable(self, plan, created_by: str | None) -> None:
+        """DestinationConflict when `overwrite` would replace the result of another caller's export."""
+        previous = delivered_by(plan.destination)
+        owner = self.store.get(previous) if previous else None
+        if owner is not None and owner.created_by != created_by:
+            shown = plan.destination.get("name") or plan.result_href
+            raise DestinationConflict("destination", f"'{shown}' is the result of another caller's export: not replaced")
 
     def run_owned(self, export_id: str) -> bool:
         """Take over a stored local export without a run lease (`jeo export-run`) and run it here."""

@@ -163,12 +163,12 @@ class ExportStore:
             )  # fmt: skip
         except sqlite3.IntegrityError:
             row = self._execute(
-                f"SELECT id FROM exports WHERE destination = ? AND status IN ({_ACTIVE_SQL})", (destination,)
+                f"SELECT 1 FROM exports WHERE destination = ? AND status IN ({_ACTIVE_SQL})", (destination,)
             ).fetchone()
             if row is None:  # the other export ended meanwhile
                 return self.insert(record)
             shown = record.plan.destination.get("name") or destination
-            raise DestinationConflict("destination", f"'{shown}' is being written by export {row[0]}") from None
+            raise DestinationConflict("destination", f"'{shown}' is being written by another export") from None
 
     def delete(self, export_id: str) -> None:
         """Forget an export that was never submitted."""
