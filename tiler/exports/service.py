@@ -86,7 +86,11 @@ class ExportService:
         """Validate a request into a plan, and check that its executor can take it (nothing is stored or submitted)."""
         if not isinstance(request, ExportRequest):
             request = ExportRequest.parse(request)
-        plan = prepare(request, catalog=self.catalog, presets=self.presets, settings=self.settings)
+        try:
+            plan = prepare(request, catalog=self.catalog, presets=self.presets, settings=self.settings)
+        except InvalidParameter as error:  # e.g. PROJ's or GDAL's messages: no server paths in answers
+            error.args = (redact(str(error)),)
+            raise
         if plan.executor == "slurm":
             self.slurm.check()
         return request, plan
