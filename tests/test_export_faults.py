@@ -76,7 +76,7 @@ def make_home(root: Path, shared_data: Path) -> Path:
     home.mkdir()
     catalog = Catalog(home / "catalog.db")
     for collection in (source, damaged, root / "data" / PRUNED):
-        catalog.ingest(collection / "collection.json")
+        catalog.ingest(collection / "collection.json", [shared_data])  # rasters are links into the shared data
     catalog.close()
     (damaged / MISSING[0] / MISSING[1]).unlink()  # gone after ingest
     return home
