@@ -86,6 +86,7 @@ class LocalExecutor:
         self.holder = process_token()  # holds the run leases of the exports it runs
         self._queue: deque[_Task] = deque()
         self._running: list[_Task] = []
+        self._dying: list[_Task] = []  # taken from `_running`, being stopped
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -139,14 +140,21 @@ class LocalExecutor:
         self._wake.set()
 
     def cancel(self, export_id: str) -> None:
-        """Stop the export's worker processes and drop its queued chunks."""
+        """Stop the export's worker processes (also those another thread is stopping) and drop its queued chunks."""
         self._kill(self._take(export_id))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(t.export_id == export_id for t in self._dying):
+                    return
+            time.sleep(0.05)
 
     def _take(self, export_id: str) -> list[_Task]:
         with self._lock:
             self._queue = deque(t for t in self._queue if t.export_id != export_id)
             taken = [t for t in self._running if t.export_id == export_id]
             self._running = [t for t in self._running if t.export_id != export_id]
+            self._dying += taken
         return taken
 
     # --- the loop ---
@@ -248,8 +256,7 @@ class LocalExecutor:
         if record is not None and not record.active and record.status != "finished":
             remove_partials(record.plan, keep_logs=record.status != "canceled")
 
-    @staticmethod
-    def _kill(tasks: list[_Task]) -> None:
+    def _kill(self, tasks: list[_Task]) -> None:
         """SIGTERM the tasks' process groups, SIGKILL after 5 s."""
         for task in tasks:
             if task.proc is not None and task.proc.poll() is None:
@@ -271,6 +278,8 @@ class LocalExecutor:
                 task.proc.wait()
             if task.log:
                 task.log.close()
+        with self._lock:
+            self._dying = [t for t in self._dying if t not in tasks]
 
 
 # --- SLURM ------------------------------------------------------------------------------------------
