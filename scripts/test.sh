@@ -2,7 +2,7 @@
 # THE test command: bash scripts/test.sh [pytest args...]
 # Installs what is missing (scripts/setup.sh), starts the local SLURM cluster
 # (scripts/slurm-start.sh; SLURM_CONF and JEO_SLURM_BASE are exported for the tests), runs
-# `.venv/bin/python -m pytest tests "$@"` and stops the cluster again on exit if this script
+# `.venv/bin/python -m pytest "$@"` (no path given: testpaths = tests) and stops the cluster again on exit if this script
 # started it. Exit code: pytest's, except that 5 (no tests collected) becomes 1.
 # Environment: SLURM_BASE (default /tmp/jeo-slurm), JEO_SKIP_APT=1 (see setup.sh),
 # JEO_SKIP_SLURM=1 (run without starting SLURM; tests marked `slurm` then fail or skip).
@@ -41,9 +41,9 @@ fi
 echo "[test] warming the numba kernel cache"
 .venv/bin/python -c "import algorithms; algorithms.warmup()"
 
-echo "[test] .venv/bin/python -m pytest tests $*"
+echo "[test] .venv/bin/python -m pytest $*"
 rc=0
-.venv/bin/python -m pytest tests "$@" || rc=$?
+.venv/bin/python -m pytest "$@" || rc=$?
 if [ "$rc" = 5 ]; then
   echo "[test] pytest collected no tests (exit 5): failing" >&2
   rc=1
