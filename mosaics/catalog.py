@@ -1,6 +1,8 @@
-"""The embedded scene catalog: static STAC catalogs ingested into SQLite, searched by space, time and clouds.
+"""The scene catalog: static STAC catalogs ingested, searched by space, time and clouds.
 
-Items are upserted, never deleted, by `Catalog.ingest`. Footprints are in EPSG:4326; an item bbox
+`Catalog` is the interface (parameter checks shared); `Catalog(location)` opens the embedded SQLite
+file at a path (`SQLiteCatalog`, the default) or PostgreSQL with pgSTAC at a `postgresql://` URL
+(`mosaics.pgstac.PgstacCatalog`). Items are upserted, never deleted, by `Catalog.ingest`. Footprints are in EPSG:4326; an item bbox
 with west > east (crossing the antimeridian) is indexed over all longitudes and its geometry must be
 split at the antimeridian as RFC 7946 asks, so that the exact intersection test is right.
 """
@@ -12,18 +14,19 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import rasterio.warp
+import pyproj
 import shapely
 import shapely.geometry
-from rasterio.crs import CRS
-from rasterio.errors import CRSError
+from pyproj.exceptions import CRSError, ProjError
 from shapely.geometry.base import BaseGeometry
 
 from . import stac
@@ -44,7 +47,7 @@ CREATE TABLE IF NOT EXISTS collections (
 );
 
 CREATE TABLE IF NOT EXISTS items (
-    pk                  INTEGER PRIMARY KEY,       -- = item_footprints.id = assets.item
+    pk                  INTEGER PRIMARY KEY,       -- = item_boxes.id = assets.item
     collection          TEXT NOT NULL REFERENCES collections (id),
     id                  TEXT NOT NULL,
     datetime            TEXT NOT NULL,             -- UTC, 'YYYY-MM-DDTHH:MM:SS.ffffffZ' (sorts chronologically)
@@ -60,8 +63,10 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_datetime ON items (collection, datetime);
 CREATE INDEX IF NOT EXISTS items_cloud_cover ON items (collection, cloud_cover);
 
--- Bounding boxes of the footprints (float32, rounded outwards): the spatial prefilter.
-CREATE VIRTUAL TABLE IF NOT EXISTS item_footprints USING rtree (id, min_lon, max_lon, min_lat, max_lat);
+-- Footprint bounding boxes × acquisition time in days since 1970 (float32, rounded outwards): the
+-- prefilter of searches by area (and time), so a tile's items are found among its own, not among a
+-- collection's whole time range.
+CREATE VIRTUAL TABLE IF NOT EXISTS item_boxes USING rtree (id, min_lon, max_lon, min_lat, max_lat, min_day, max_day);
 
 CREATE TABLE IF NOT EXISTS assets (
     item         INTEGER NOT NULL REFERENCES items (pk),
@@ -84,9 +89,11 @@ CREATE TABLE IF NOT EXISTS assets (
 # Columns added after the first release: added to existing databases when they are opened.
 ADDED_COLUMNS = {("collections", "access"): "TEXT NOT NULL DEFAULT 'public'"}
 ACCESS_LEVELS = ("public", "restricted")
+MODEL_CACHE_SIZE = 4096  # items per SQLite catalog (a few KB each)
 SORT_COLUMNS = {"datetime": "datetime", "eo:cloud_cover": "cloud_cover", "id": "id"}
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_EPSG_4326 = CRS.from_epsg(4326)
+_EPSG_4326 = pyproj.CRS.from_epsg(4326)
+_TRANSFORMERS = threading.local()  # pyproj transformers are not shared between threads
 _ITEM_FIELDS = (
     "collection", "id", "datetime", "cloud_cover", "platform", "processing_baseline",
     "west", "south", "east", "north", "geometry", "stac", "version",
@@ -146,29 +153,78 @@ def _to_text(dt: datetime | None) -> str | None:
 
 
 def _from_text(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text)  # _TIME_FORMAT, UTC
+
+
+def _day(dt: datetime) -> float:
+    """Days since 1970-01-01 UTC (the R*Tree's time axis)."""
+    return dt.timestamp() / 86400
+
+
+def _box(bbox: Sequence[float], when: datetime) -> tuple[float, ...]:
+    """R*Tree box (min_lon, max_lon, min_lat, max_lat, min_day, max_day) of an item; all longitudes if its
+    bbox crosses the antimeridian."""
+    west, south, east, north = bbox
+    day = _day(when)
+    return (west, east, south, north, day, day) if west <= east else (-180.0, 180.0, south, north, day, day)
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class Catalog:
-    """SQLite catalog of STAC collections and items; safe to share between threads (one lock)."""
+def is_postgres_url(location: str | Path) -> bool:
+    """True for a `postgresql://` (or `postgres://`) URL, which selects the pgSTAC catalog."""
+    return str(location).startswith(("postgresql://", "postgres://"))
 
-    def __init__(self, path: str | Path):
-        self._lock = threading.RLock()
-        self._db = connect(path, SCHEMA, ADDED_COLUMNS)
 
+def collection_version(collection_json: str, item_versions: Iterable[tuple[str, str]]) -> str:
+    """Hash of the stored collection JSON and its items' (id, version) in id order: equal on every backend."""
+    digest = hashlib.sha256(collection_json.encode())
+    for item_id, version in item_versions:
+        digest.update(f"\n{item_id}\t{version}".encode())
+    return digest.hexdigest()
+
+
+def check_item_collections(walk: stac.Walk, known: set[str]) -> None:
+    """CatalogError naming the file of the first item whose collection is neither stored nor being ingested."""
+    for key, item in walk.items.items():
+        if item.collection not in known | walk.collections.keys():
+            raise CatalogError(walk.item_files[key], "collection", f"unknown collection '{item.collection}'")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A checked `Catalog.search`: area in EPSG:4326 (None = anywhere), UTC interval ends as catalog text,
+    sort keys as (SORT_COLUMNS column, descending) ending with id."""
+
+    collection: str
+    area: BaseGeometry | None
+    start: str | None
+    end: str | None
+    max_cloud: float | None
+    sortby: tuple[tuple[str, bool], ...]
+    limit: int | None
+    ids: tuple[str, ...] | None
+
+
+class Catalog(ABC):
+    """STAC collections and items. `Catalog(location)` opens the backend for `location` (see the module doc);
+    every implementation is safe to share between threads."""
+
+    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> Catalog:
+        if cls is Catalog:
+            if is_postgres_url(location):
+                from .pgstac import PgstacCatalog
+
+                cls = PgstacCatalog
+            else:
+                cls = SQLiteCatalog
+        return super().__new__(cls)
+
+    @abstractmethod
     def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._db, self._lock)
-
-    # --- ingest --------------------------------------------------------------------------------
+        """Release the database connections."""
 
     def ingest(
         self, source: str | Path, allowed_roots: Sequence[str | Path] = (), access: str | None = None
@@ -184,14 +240,102 @@ class Catalog:
         collections are public and known ones keep theirs.
         """
         if access is not None:
-            _check_access(access)
-        walk = stac.walk(source, allowed_roots)
+            check_access(access)
+        return self._ingest(stac.walk(source, allowed_roots), access)
+
+    @abstractmethod
+    def _ingest(self, walk: stac.Walk, access: str | None) -> IngestReport:
+        """Store what `walk` read, in one transaction (`check_item_collections` first)."""
+
+    @abstractmethod
+    def collections(self) -> list[Collection]:
+        """All collections, by id."""
+
+    @abstractmethod
+    def collection(self, collection_id: str) -> Collection:
+        """The collection `collection_id`; raises NotFound."""
+
+    @abstractmethod
+    def version(self, collection_id: str) -> str:
+        """Changes whenever the collection or any of its items changes (for cache keys); raises NotFound.
+        The same content has the same version on every backend (`collection_version`)."""
+
+    @abstractmethod
+    def access(self, collection_id: str) -> str:
+        """The collection's access level, `public` or `restricted`; raises NotFound."""
+
+    @abstractmethod
+    def set_access(self, collection_id: str, access: str) -> None:
+        """Make the collection `public` or `restricted`; raises NotFound."""
+
+    @abstractmethod
+    def item(self, collection_id: str, item_id: str) -> Item:
+        """The item `item_id` of the collection; raises NotFound."""
+
+    def search(
+        self,
+        collection_id: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        bbox_crs: str = "EPSG:4326",
+        intersects: dict[str, Any] | None = None,
+        datetime: tuple[datetime | None, datetime | None] | None = None,
+        max_cloud: float | None = None,
+        sortby: Sequence[str] = ("-datetime",),
+        limit: int | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[Item]:
+        """Items of the collection whose footprint intersects `bbox` (in `bbox_crs`) or `intersects`.
+
+        `datetime` is an inclusive (start, end) interval, either end None = open; naive datetimes are
+        UTC. `max_cloud` keeps items with `eo:cloud_cover <= max_cloud` and drops those without
+        cloud cover. `sortby` keys: datetime, eo:cloud_cover (missing values last), id, each with an
+        optional +/- prefix (or one comma-separated string); ties are broken by id. Raises NotFound
+        for an unknown collection and InvalidParameter (named after the parameter) for bad values.
+        """
+        self.version(collection_id)  # NotFound first
+        area = _search_area(bbox, bbox_crs, intersects)
+        start, end = _interval(datetime)
+        if max_cloud is not None:
+            if isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float)) or math.isnan(max_cloud):
+                raise InvalidParameter("max_cloud", f"expected a number, got {max_cloud!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidParameter("limit", f"expected a positive integer, got {limit!r}")
+        if ids is not None and not ids:
+            return []
+        query = SearchQuery(
+            collection_id, area, start, end, max_cloud, _sort_keys(sortby), limit, None if ids is None else tuple(ids)
+        )
+        return self._search(query)
+
+    @abstractmethod
+    def _search(self, query: SearchQuery) -> list[Item]:
+        """The items matching a checked query, exact footprint intersection, in order, at most `limit`."""
+
+
+class SQLiteCatalog(Catalog):
+    """SQLite catalog (R*Tree of footprints × time); one connection shared by threads under a lock; the
+    models of recently read items cached by (row, version)."""
+
+    def __init__(self, path: str | Path):
+        self._models: OrderedDict[tuple[int, str], Item] = OrderedDict()
+        self._lock = threading.RLock()
+        self._db = connect(path, SCHEMA, ADDED_COLUMNS)
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
+
+    # --- ingest --------------------------------------------------------------------------------
+
+    def _ingest(self, walk: stac.Walk, access: str | None) -> IngestReport:
         added = updated = unchanged = 0
         with self._transaction() as db:
-            known = {row[0] for row in db.execute("SELECT id FROM collections")} | walk.collections.keys()
-            for key, item in walk.items.items():
-                if item.collection not in known:
-                    raise CatalogError(walk.item_files[key], "collection", f"unknown collection '{item.collection}'")
+            check_item_collections(walk, {row[0] for row in db.execute("SELECT id FROM collections")})
             for collection in walk.collections.values():
                 self._upsert_collection(db, collection)
                 if access is not None:
@@ -234,29 +378,22 @@ class Catalog:
     @staticmethod
     def _refresh_version(db: sqlite3.Connection, collection_id: str) -> None:
         (collection_json,) = db.execute("SELECT stac FROM collections WHERE id = ?", (collection_id,)).fetchone()
-        digest = hashlib.sha256(collection_json.encode())
-        for item_id, version in db.execute(
-            "SELECT id, version FROM items WHERE collection = ? ORDER BY id", (collection_id,)
-        ):
-            digest.update(f"\n{item_id}\t{version}".encode())
-        db.execute(
-            "UPDATE collections SET version = ? WHERE id = ? AND version != ?",
-            (digest.hexdigest(), collection_id, digest.hexdigest()),
+        version = collection_version(
+            collection_json, db.execute("SELECT id, version FROM items WHERE collection = ? ORDER BY id", (collection_id,))
         )
+        db.execute("UPDATE collections SET version = ? WHERE id = ? AND version != ?", (version, collection_id, version))
 
     @staticmethod
     def _item_values(item: Item) -> tuple[Any, ...]:
-        return (
-            item.collection, item.id, _to_text(item.datetime), item.cloud_cover, item.platform,
-            item.processing_baseline, *item.bbox, _dumps(item.geometry), _dumps(item.stac), item.version,
-        )  # fmt: skip
+        values = {**item_values(item), "geometry": _dumps(item.geometry), "stac": _dumps(item.stac)}
+        return tuple(values[field] for field in _ITEM_FIELDS)
 
     def _insert_item(self, db: sqlite3.Connection, item: Item) -> None:
         pk = db.execute(
             f"INSERT INTO items ({', '.join(_ITEM_FIELDS)}) VALUES ({', '.join('?' * len(_ITEM_FIELDS))})",
             self._item_values(item),
         ).lastrowid
-        db.execute("INSERT INTO item_footprints VALUES (?, ?, ?, ?, ?)", (pk, *self._footprint_box(item)))
+        db.execute("INSERT INTO item_boxes VALUES (?, ?, ?, ?, ?, ?, ?)", (pk, *self._box(item)))
         self._insert_assets(db, pk, item)
 
     def _replace_item(self, db: sqlite3.Connection, pk: int, item: Item) -> None:
@@ -265,43 +402,44 @@ class Catalog:
             (*self._item_values(item), pk),
         )
         db.execute(
-            "UPDATE item_footprints SET min_lon = ?, max_lon = ?, min_lat = ?, max_lat = ? WHERE id = ?",
-            (*self._footprint_box(item), pk),
+            "UPDATE item_boxes SET min_lon = ?, max_lon = ?, min_lat = ?, max_lat = ?, min_day = ?, max_day = ? "
+            "WHERE id = ?",
+            (*self._box(item), pk),
         )
         db.execute("DELETE FROM assets WHERE item = ?", (pk,))
         self._insert_assets(db, pk, item)
 
     @staticmethod
-    def _footprint_box(item: Item) -> tuple[float, float, float, float]:
-        """(min_lon, max_lon, min_lat, max_lat); all longitudes if the bbox crosses the antimeridian."""
-        west, south, east, north = item.bbox
-        return (west, east, south, north) if west <= east else (-180.0, 180.0, south, north)
+    def _box(item: Item) -> tuple[float, ...]:
+        return _box(item.bbox, item.datetime)
+
+    def _migrate(self) -> None:
+        """Databases made before item_boxes: fill it from the items, drop the old 2-D index."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'item_footprints'").fetchone() is None:
+                return
+            rows = db.execute("SELECT pk, west, south, east, north, datetime FROM items").fetchall()
+            db.executemany(
+                "INSERT OR REPLACE INTO item_boxes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(pk, *_box((w, s, e, n), _from_text(when))) for pk, w, s, e, n, when in rows],
+            )
+            db.execute("DROP TABLE item_footprints")
 
     @staticmethod
     def _insert_assets(db: sqlite3.Connection, pk: int, item: Item) -> None:
         db.executemany(
             "INSERT INTO assets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    pk, a.key, a.href, _dumps(a.roles), a.media_type, a.title,
-                    _dumps([b.__dict__ for b in a.bands]), _dumps(a.names), _dumps(a.common_names), a.epsg,
-                    None if a.shape is None else _dumps(a.shape),
-                    None if a.transform is None else _dumps(a.transform), a.gsd,
-                )  # fmt: skip
-                for a in item.assets.values()
-            ],
+            [(pk, *asset_values(a)) for a in item.assets.values()],
         )
 
     # --- queries -------------------------------------------------------------------------------
 
     def collections(self) -> list[Collection]:
-        """All collections, by id."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM collections ORDER BY id").fetchall()
             return [self._collection(row) for row in rows]
 
     def collection(self, collection_id: str) -> Collection:
-        """The collection `collection_id`; raises NotFound."""
         with self._lock:
             row = self._db.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
             if row is None:
@@ -309,11 +447,9 @@ class Catalog:
             return self._collection(row)
 
     def version(self, collection_id: str) -> str:
-        """Changes whenever the collection or any of its items changes (for cache keys); raises NotFound."""
         return self._column(collection_id, "version")
 
     def access(self, collection_id: str) -> str:
-        """The collection's access level, `public` or `restricted`; raises NotFound."""
         return self._column(collection_id, "access")
 
     def _column(self, collection_id: str, column: str) -> Any:
@@ -324,89 +460,77 @@ class Catalog:
         return row[0]
 
     def set_access(self, collection_id: str, access: str) -> None:
-        """Make the collection `public` or `restricted`; raises NotFound."""
-        _check_access(access)
+        check_access(access)
         with self._transaction() as db:
             if db.execute("UPDATE collections SET access = ? WHERE id = ?", (access, collection_id)).rowcount == 0:
                 raise NotFound("collection", collection_id)
 
-    def _require_collection(self, collection_id: str) -> None:
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM collections WHERE id = ?", (collection_id,)).fetchone() is None:
-                raise NotFound("collection", collection_id)
-
     def item(self, collection_id: str, item_id: str) -> Item:
-        """The item `item_id` of the collection; raises NotFound."""
-        self._require_collection(collection_id)
+        self.version(collection_id)
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (collection_id, item_id)
+                "SELECT pk, version FROM items WHERE collection = ? AND id = ?", (collection_id, item_id)
             ).fetchone()
             if row is None:
                 raise NotFound("item", item_id, f"in collection '{collection_id}'")
-            return self._items([row])[0]
+            return self._cached_items([tuple(row)])[0]
 
-    def search(
-        self,
-        collection_id: str,
-        *,
-        bbox: Sequence[float] | None = None,
-        bbox_crs: str = "EPSG:4326",
-        intersects: dict[str, Any] | None = None,
-        datetime: tuple[datetime | None, datetime | None] | None = None,
-        max_cloud: float | None = None,
-        sortby: Sequence[str] = ("-datetime",),
-        limit: int | None = None,
-        ids: Sequence[str] | None = None,
-    ) -> list[Item]:
-        """Items of the collection whose footprint intersects `bbox` (in `bbox_crs`) or `intersects`.
-
-        `datetime` is an inclusive (start, end) interval, either end None = open; naive datetimes are
-        UTC. `max_cloud` keeps items with `eo:cloud_cover <= max_cloud` and drops those without
-        cloud cover. `sortby` keys: datetime, eo:cloud_cover (missing values last), id, each with an
-        optional +/- prefix (or one comma-separated string); ties are broken by id. Raises NotFound
-        for an unknown collection and InvalidParameter (named after the parameter) for bad values.
-        """
-        self._require_collection(collection_id)
-        where, params = ["collection = ?"], [collection_id]
-        area = _search_area(bbox, bbox_crs, intersects)
+    def _search(self, query: SearchQuery) -> list[Item]:
+        """Candidates from the R*Tree (area, then time) or the (collection, datetime) index, in order; the
+        exact footprint test on their geometry; then the full rows of the first `limit` that pass."""
+        tables, where, params = "items AS i", ["i.collection = ?"], [query.collection]
+        area = query.area
         if area is not None:
-            parts = getattr(area, "geoms", [area])
-            where.append(
-                "pk IN (SELECT id FROM item_footprints WHERE "
-                + " OR ".join("(max_lon >= ? AND min_lon <= ? AND max_lat >= ? AND min_lat <= ?)" for _ in parts)
-                + ")"
-            )
-            for west, south, east, north in (part.bounds for part in parts):
+            boxes = []
+            for west, south, east, north in (part.bounds for part in getattr(area, "geoms", [area])):
+                boxes.append("(b.max_lon >= ? AND b.min_lon <= ? AND b.max_lat >= ? AND b.min_lat <= ?)")
                 params += [west, east, south, north]
-        start, end = _interval(datetime)
-        if start is not None:
-            where.append("datetime >= ?")
-            params.append(start)
-        if end is not None:
-            where.append("datetime <= ?")
-            params.append(end)
-        if max_cloud is not None:
-            if isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float)) or math.isnan(max_cloud):
-                raise InvalidParameter("max_cloud", f"expected a number, got {max_cloud!r}")
-            where.append("cloud_cover <= ?")
-            params.append(max_cloud)
-        if ids is not None:
-            where.append(f"id IN ({', '.join('?' * len(ids))})")
-            params += list(ids)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise InvalidParameter("limit", f"expected a positive integer, got {limit!r}")
-        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} ORDER BY {_order_by(sortby)}"
+            tables = "item_boxes AS b CROSS JOIN items AS i ON i.pk = b.id"  # CROSS JOIN: the R*Tree first
+            where.append(f"({' OR '.join(boxes)})")
+            for bound, end in (("b.max_day >= ?", query.start), ("b.min_day <= ?", query.end)):
+                if end is not None:
+                    where.append(bound)
+                    params.append(_day(_from_text(end)))
+        if query.start is not None:
+            where.append("i.datetime >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("i.datetime <= ?")
+            params.append(query.end)
+        if query.max_cloud is not None:
+            where.append("i.cloud_cover <= ?")
+            params.append(query.max_cloud)
+        if query.ids is not None:
+            where.append(f"i.id IN ({', '.join('?' * len(query.ids))})")
+            params += list(query.ids)
+        order = ", ".join(f"i.{column} {'DESC' if descending else 'ASC'} NULLS LAST" for column, descending in query.sortby)
+        sql = f"SELECT i.pk, i.version, i.geometry FROM {tables} WHERE {' AND '.join(where)} ORDER BY {order}"
         if area is not None:
             shapely.prepare(area)
-        rows = []
+        chosen: list[tuple[int, str]] = []
         with self._lock:
-            for row in self._db.execute(sql, params):
-                if area is None or area.intersects(shapely.geometry.shape(json.loads(row["geometry"]))):
-                    rows.append(row)
-                    if len(rows) == limit:
+            for pk, version, geometry in self._db.execute(sql, params):
+                if area is None or area.intersects(shapely.geometry.shape(json.loads(geometry))):
+                    chosen.append((pk, version))
+                    if len(chosen) == query.limit:
                         break
-            return self._items(rows)
+            return self._cached_items(chosen)
+
+    def _cached_items(self, keys: list[tuple[int, str]]) -> list[Item]:
+        """The items of (pk, version) keys, from the model cache or else their rows (call under the lock)."""
+        missing = [pk for pk, version in keys if (pk, version) not in self._models]
+        if missing:
+            rows = self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE pk IN ({', '.join('?' * len(missing))})", missing
+            ).fetchall()
+            for item, row in zip(self._items(rows), rows):
+                self._models[row["pk"], item.version] = item
+        found = [self._models[key] for key in keys]
+        for key in keys:
+            self._models.move_to_end(key)
+        while len(self._models) > MODEL_CACHE_SIZE:
+            self._models.popitem(last=False)
+        return found
 
     # --- rows to models ------------------------------------------------------------------------
 
@@ -444,19 +568,48 @@ class Catalog:
         return [_item(row, assets[row["pk"]]) for row in rows]
 
 
-def _check_access(access: str) -> None:
+def check_access(access: str) -> None:
+    """InvalidParameter unless `access` is one of ACCESS_LEVELS."""
     if access not in ACCESS_LEVELS:
         raise InvalidParameter("access", f"'{access}' is not one of {', '.join(ACCESS_LEVELS)}")
 
 
+ASSET_COLUMNS = (
+    "key", "href", "roles", "media_type", "title", "bands", "names", "common_names", "epsg", "shape", "transform", "gsd",
+)  # fmt: skip
+
+
+def asset_values(a: Asset) -> tuple[Any, ...]:
+    """The stored form of an asset's parsed fields (`ASSET_COLUMNS`; lists as JSON text), read by `item_model`."""
+    return (
+        a.key, a.href, _dumps(a.roles), a.media_type, a.title, _dumps([b.__dict__ for b in a.bands]),
+        _dumps(a.names), _dumps(a.common_names), a.epsg, None if a.shape is None else _dumps(a.shape),
+        None if a.transform is None else _dumps(a.transform), a.gsd,
+    )  # fmt: skip
+
+
+def item_values(item: Item) -> dict[str, Any]:
+    """The stored form of an item's parsed fields besides its JSON, geometry and assets, read by `item_model`."""
+    west, south, east, north = item.bbox
+    return {
+        "collection": item.collection, "id": item.id, "datetime": _to_text(item.datetime),
+        "cloud_cover": item.cloud_cover, "platform": item.platform, "processing_baseline": item.processing_baseline,
+        "west": west, "south": south, "east": east, "north": north, "version": item.version,
+    }  # fmt: skip
+
+
 def _item(row: sqlite3.Row, asset_rows: dict[str, sqlite3.Row]) -> Item:
-    item_json = json.loads(row["stac"])
+    return item_model(row, json.loads(row["stac"]), asset_rows)
+
+
+def item_model(row: Any, item_json: dict[str, Any], asset_rows: dict[str, Any]) -> Item:
+    """The Item of stored fields (`item_values` keys), its JSON and its assets' stored fields by key."""
     return Item(
         id=row["id"],
         collection=row["collection"],
         datetime=_from_text(row["datetime"]),
         bbox=(row["west"], row["south"], row["east"], row["north"]),
-        geometry=json.loads(row["geometry"]),
+        geometry=item_json["geometry"],
         assets={key: _asset(asset_rows[key], raw) for key, raw in item_json["assets"].items()},
         cloud_cover=row["cloud_cover"],
         platform=row["platform"],
@@ -467,19 +620,24 @@ def _item(row: sqlite3.Row, asset_rows: dict[str, sqlite3.Row]) -> Item:
     )
 
 
-def _asset(row: sqlite3.Row, raw: dict[str, Any]) -> Asset:
+def _asset(row: Any, raw: dict[str, Any]) -> Asset:
+    # one json.loads for the six JSON columns: parsing is most of the cost of reading an item
+    roles, bands, names, common_names, shape, transform = json.loads(
+        f"[{row['roles']},{row['bands']},{row['names']},{row['common_names']},"
+        f"{row['shape'] or 'null'},{row['transform'] or 'null'}]"
+    )
     return Asset(
         key=row["key"],
         href=row["href"],
-        roles=tuple(json.loads(row["roles"])),
+        roles=tuple(roles),
         media_type=row["media_type"],
         title=row["title"],
-        bands=tuple(RasterBand(**band) for band in json.loads(row["bands"])),
-        names=tuple(json.loads(row["names"])),
-        common_names=tuple(json.loads(row["common_names"])),
+        bands=tuple(RasterBand(**band) for band in bands),
+        names=tuple(names),
+        common_names=tuple(common_names),
         epsg=row["epsg"],
-        shape=None if row["shape"] is None else tuple(json.loads(row["shape"])),
-        transform=None if row["transform"] is None else tuple(json.loads(row["transform"])),
+        shape=None if shape is None else tuple(shape),
+        transform=None if transform is None else tuple(transform),
         gsd=row["gsd"],
         stac=raw,
     )
@@ -504,23 +662,23 @@ def _search_area(
         return area
     if bbox is None:
         return None
-    try:
-        crs = CRS.from_user_input(bbox_crs)
-    except CRSError as exc:
-        raise InvalidParameter("bbox_crs", str(exc)) from exc
+    to_lonlat = _to_lonlat(bbox_crs)
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError) as exc:
         raise InvalidParameter("bbox", f"expected 4 numbers, got {bbox!r}") from exc
-    geographic = crs == _EPSG_4326
+    geographic = to_lonlat is None
     if not all(map(math.isfinite, (west, south, east, north))) or south > north or (west > east and not geographic):
         raise InvalidParameter("bbox", f"expected finite west, south, east, north, got {list(bbox)}")
     if geographic:
         lon_west, lat_south, lon_east, lat_north = west, south, east, north
     else:
-        lon_west, lat_south, lon_east, lat_north = rasterio.warp.transform_bounds(
-            crs, _EPSG_4326, west, south, east, north, densify_pts=21
-        )
+        try:
+            lon_west, lat_south, lon_east, lat_north = to_lonlat.transform_bounds(
+                west, south, east, north, densify_pts=21
+            )
+        except ProjError:
+            lon_west = math.inf
         if not all(map(math.isfinite, (lon_west, lat_south, lon_east, lat_north))):
             raise InvalidParameter("bbox", f"cannot be transformed from {bbox_crs} to EPSG:4326")
     if lon_west > lon_east:
@@ -532,9 +690,21 @@ def _search_area(
     # The exact area: the densified bbox outline, reprojected; its bounding box where that is not valid (poles).
     outline = shapely.segmentize(shapely.box(west, south, east, north), max(east - west, north - south) / 20 or 1)
     xs, ys = shapely.get_coordinates(outline).T
-    lons, lats = rasterio.warp.transform(crs, _EPSG_4326, xs, ys)
+    lons, lats = to_lonlat.transform(xs, ys)
     area = shapely.Polygon(zip(lons, lats))
     return area if area.is_valid else shapely.box(lon_west, lat_south, lon_east, lat_north)
+
+
+def _to_lonlat(bbox_crs: str) -> pyproj.Transformer | None:
+    """This thread's transformer from `bbox_crs` to longitude/latitude; None for EPSG:4326 itself."""
+    cache = _TRANSFORMERS.__dict__
+    if bbox_crs not in cache:
+        try:
+            crs = pyproj.CRS.from_user_input(bbox_crs)
+        except CRSError as exc:
+            raise InvalidParameter("bbox_crs", str(exc)) from exc
+        cache[bbox_crs] = None if crs == _EPSG_4326 else pyproj.Transformer.from_crs(crs, _EPSG_4326, always_xy=True)
+    return cache[bbox_crs]
 
 
 def _interval(interval: tuple[datetime | None, datetime | None] | None) -> tuple[str | None, str | None]:
@@ -553,18 +723,16 @@ def _interval(interval: tuple[datetime | None, datetime | None] | None) -> tuple
     return _to_text(start), _to_text(end)
 
 
-def _order_by(sortby: Sequence[str]) -> str:
-    """ORDER BY clause of STAC-style sort keys, ties broken by id."""
+def _sort_keys(sortby: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+    """(column, descending) of STAC-style sort keys, ties broken by id."""
     keys = sortby.split(",") if isinstance(sortby, str) else list(sortby)
-    terms, columns = [], set()
+    terms: list[tuple[str, bool]] = []
     for key in keys:
         key = key.strip()
         name = key.lstrip("+-")
         if name not in SORT_COLUMNS:
             raise InvalidParameter("sortby", f"unknown sort key '{key}' (known: {', '.join(SORT_COLUMNS)})")
-        column = SORT_COLUMNS[name]
-        terms.append(f"{column} {'DESC' if key.startswith('-') else 'ASC'} NULLS LAST")
-        columns.add(column)
-    if "id" not in columns:
-        terms.append("id ASC")
-    return ", ".join(terms)
+        terms.append((SORT_COLUMNS[name], key.startswith("-")))
+    if "id" not in {column for column, _ in terms}:
+        terms.append(("id", False))
+    return tuple(terms)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,53 @@ def stop_server(server: Server) -> None:
         server.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL + PostGIS (scripts/postgres-start.sh) with a pgSTAC template database."""
+
+    url: str
+    directory: Path
+    made: int = 0
+
+    def database(self) -> str:
+        """URL of a new database with pgSTAC and the `jeo` schema (a copy of the migrated template)."""
+        import psycopg
+
+        self.made += 1
+        name = f"test_{self.made}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE jeo_template")
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """PostgreSQL for the session (started only by tests that ask for it), stopped at the end."""
+    import psycopg
+
+    from mosaics.pgstac import migrate
+
+    directory = Path(tempfile.mkdtemp(prefix="jeo-pg-test."))
+    started = subprocess.run(["bash", "scripts/postgres-start.sh", str(directory)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        pytest.fail(f"scripts/postgres-start.sh failed: {started.stderr[-3000:]}")
+    url = started.stdout.strip().splitlines()[-1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE jeo_template TEMPLATE jeo")
+    migrate(url.rsplit("/", 1)[0] + "/jeo_template")
+    yield Postgres(url, directory)
+    subprocess.run(["bash", "scripts/postgres-stop.sh", str(directory)], cwd=REPO_ROOT, timeout=120, check=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_location(request, tmp_path) -> str:
+    """A new, empty catalog location on each backend: a SQLite file, or a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.db")
+    return request.getfixturevalue("postgres").database()
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from rasterio.windows import Window
 
 from mosaics.catalog import Catalog
 from tests.conftest import REPO_ROOT, start_server, stop_server
+from tiler.tokens import digest
 from tests.test_viewer import browser, page, wait_for_tiles, assert_not_blank, ITEM_TILE  # noqa: F401 - fixtures
 
 R = "sentinel-2-l2a-timeseries"
@@ -46,10 +47,18 @@ EXPORT = {"collection": R, "assets": ["red", "green", "blue"], "method": "median
 CALLERS = ("none", "revoked", "expired", "other", "right")
 
 
+CATALOG_URLS: dict[Path, str] = {}  # JEO_HOME → JEO_CATALOG_URL of the PostgreSQL runs
+
+
+def environment(home: Path) -> dict[str, str]:
+    """JEO_HOME, and JEO_CATALOG_URL when the module runs on PostgreSQL."""
+    return {"JEO_HOME": str(home), **({"JEO_CATALOG_URL": CATALOG_URLS[home]} if home in CATALOG_URLS else {})}
+
+
 def jeo(home: Path, *args: str) -> str:
     """Run the `jeo` command line against `home`; its stdout."""
     done = subprocess.run(
-        [sys.executable, "-m", "tiler.cli", *args], env={**os.environ, "JEO_HOME": str(home)},
+        [sys.executable, "-m", "tiler.cli", *args], env={**os.environ, **environment(home)},
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -61,9 +70,12 @@ def create_token(home: Path, name: str, *options: str) -> str:
     return jeo(home, "token", "create", "--name", name, *options).strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def tokens(request, tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
+    """The catalog, restricted collections and tokens, on each backend."""
     home = tmp_path_factory.mktemp("access")
+    if request.param == "postgres":
+        CATALOG_URLS[home] = request.getfixturevalue("postgres").database()
     jeo(home, "ingest", str(shared_data / "catalog.json"))
     for collection in (R, OTHER_R):
         assert jeo(home, "access", "restrict", collection).strip() == f"{collection}: restricted"
@@ -81,7 +93,7 @@ def tokens(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="module")
 def server(tokens):
     """The restricted server (this name makes test_viewer's `page` fixture open it)."""
-    running = start_server(tokens[0])
+    running = start_server(tokens[0], env=environment(tokens[0]))
     yield running
     stop_server(running)
 
@@ -191,7 +203,14 @@ def test_revocation_is_immediate(server, tokens):
 
 def test_tokens_are_stored_hashed(tokens):
     home, found = tokens
-    database = (home / "catalog.db").read_bytes() + b"".join(p.read_bytes() for p in home.glob("catalog.db-*"))
+    if home in CATALOG_URLS:
+        import psycopg
+
+        with psycopg.connect(CATALOG_URLS[home]) as conn:
+            database = repr(conn.execute("SELECT * FROM jeo.tokens, jeo.grants").fetchall()).encode()
+        assert all(digest(token).encode() in database for token in found.values())
+    else:
+        database = (home / "catalog.db").read_bytes() + b"".join(p.read_bytes() for p in home.glob("catalog.db-*"))
     assert all(token.encode() not in database for token in found.values())
     listed = jeo(home, "token", "list")
     assert all(token not in listed for token in found.values())
@@ -381,7 +400,7 @@ def sso(tokens):
     threading.Thread(target=jwks.serve_forever, daemon=True).start()
     env = {"JEO_JWT_ISSUER": ISSUER, "JEO_JWT_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/certs",
            "JEO_JWT_AUDIENCE": "jeo-tiler", "JEO_CACHE_SIZE_MB": "0"}  # fmt: skip
-    running = start_server(tokens[0], env=env)
+    running = start_server(tokens[0], env={**environment(tokens[0]), **env})
 
     def sign(subject: str, signer=key, **claims) -> str:
         body = {"iss": ISSUER, "aud": "jeo-tiler", "sub": subject, "exp": int(time.time()) + 300, **claims}

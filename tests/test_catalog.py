@@ -1,4 +1,5 @@
-"""The embedded catalog on the real STAC catalog in shared/data: ingest, re-ingest, broken catalogs, search."""
+"""The catalog on the real STAC catalog in shared/data: ingest, re-ingest, broken catalogs, search; each test on
+both backends (SQLite and PostgreSQL/pgSTAC, the `catalog_location` fixture) unless it is about one of them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mosaics.catalog import Catalog
+from mosaics.catalog import Catalog, SQLiteCatalog
 from mosaics.errors import CatalogError, InvalidParameter, NotFound
 from mosaics.stac import resolve_href
 
@@ -42,6 +43,18 @@ def dump(db_path: Path) -> str:
         return "\n".join(db.iterdump())
 
 
+def snapshot(location: str) -> dict:
+    """Everything a catalog answers (collections, versions, items with their JSON), through a new connection."""
+    catalog = Catalog(location)
+    try:
+        return {
+            c.id: (c, c.stac, catalog.version(c.id), [(i, i.stac, i.version) for i in catalog.search(c.id)])
+            for c in catalog.collections()
+        }
+    finally:
+        catalog.close()
+
+
 def item_json(root: Path, collection: str, item_id: str) -> Path:
     return root / collection / item_id / f"{item_id}.json"
 
@@ -50,12 +63,16 @@ def ids(items: list) -> list[str]:
     return [item.id for item in items]
 
 
-@pytest.fixture(scope="module")
-def catalog(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Catalog:
-    """Read-only catalog holding the whole shared catalog."""
-    catalog = Catalog(tmp_path_factory.mktemp("catalog") / "catalog.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def catalog(request, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    """Read-only catalog holding the whole shared catalog, on each backend."""
+    if request.param == "sqlite":
+        catalog = Catalog(tmp_path_factory.mktemp("catalog") / "catalog.db")
+    else:
+        catalog = Catalog(request.getfixturevalue("postgres").database())
     catalog.ingest(shared_data)
-    return catalog
+    yield catalog
+    catalog.close()
 
 
 @pytest.fixture
@@ -79,8 +96,8 @@ def edit_json(path: Path, change) -> None:
 # --- ingest ------------------------------------------------------------------------------------
 
 
-def test_ingest_whole_catalog(shared_data: Path, tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.db")
+def test_ingest_whole_catalog(shared_data: Path, catalog_location: str) -> None:
+    catalog = Catalog(catalog_location)
     report = catalog.ingest(shared_data / "catalog.json")
     assert (len(report.collections), report.items_added, report.items_updated, report.items_unchanged) == (4, 12, 0, 0)
     assert [c.id for c in catalog.collections()] == [LANDSAT, L1C, "sentinel-2-l2a-allbands", TS]
@@ -122,11 +139,17 @@ def test_ingest_whole_catalog(shared_data: Path, tmp_path: Path) -> None:
     assert catalog.item("sentinel-2-l2a-allbands", "S2A_29RKH_20200219_0_L2A").processing_baseline == "02.14"
     assert catalog.item(L1C, "eolearn_S2L1C_20150711T100008").processing_baseline is None
 
+
+def test_sqlite_schema(shared_data: Path, tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.db")
+    assert isinstance(catalog, SQLiteCatalog)
+    catalog.ingest(shared_data)
+    red = catalog.item(TS, S2_0810).assets["red"]
     with sqlite3.connect(tmp_path / "catalog.db") as db:
         schema = {name: sql for name, sql in db.execute("SELECT name, sql FROM sqlite_master")}
         sql = "SELECT cloud_cover, href FROM items JOIN assets ON item = pk WHERE id = ? AND key = 'red'"
         assert db.execute(sql, (S2_0810,)).fetchone() == (68.89, red.href)
-    assert "USING rtree" in schema["item_footprints"]
+    assert "USING rtree" in schema["item_boxes"] and "min_day" in schema["item_boxes"]
     assert {"items_datetime", "items_cloud_cover"} <= schema.keys()
 
 
@@ -147,17 +170,17 @@ def test_collections(catalog: Catalog, shared_data: Path) -> None:
         catalog.search("nope")
 
 
-def test_collection_extent_falls_back_to_items(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
+def test_collection_extent_falls_back_to_items(shared_data: Path, data_copy: Path, catalog_location: str) -> None:
     edit_json(data_copy / L1C / "collection.json", lambda doc: doc.pop("extent"))
-    catalog = Catalog(tmp_path / "catalog.db")
+    catalog = Catalog(catalog_location)
     catalog.ingest(data_copy / L1C / "collection.json", [shared_data])
     collection = catalog.collection(L1C)
     assert collection.interval == (utc(2015, 7, 11, 10, 0, 8), utc(2015, 9, 9, 10, 0, 17))
     assert collection.bbox == pytest.approx((14.5513398, 45.8658894, 14.5642893, 45.8750272), abs=1e-4)
 
 
-def test_ingest_directory_collection_and_single_item(shared_data: Path, tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.db")
+def test_ingest_directory_collection_and_single_item(shared_data: Path, catalog_location: str) -> None:
+    catalog = Catalog(catalog_location)
     report = catalog.ingest(item_json(shared_data, TS, S2_0813))  # brings its collection document along
     assert (report.collections, report.items_added) == ((TS,), 1)
     assert ids(catalog.search(TS)) == [S2_0813]
@@ -172,21 +195,21 @@ def test_ingest_directory_collection_and_single_item(shared_data: Path, tmp_path
     assert (report.items_added, report.items_updated, report.items_unchanged) == (0, 0, 12)
 
 
-def test_reingest_changes_nothing(shared_data: Path, tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.db")
+def test_reingest_changes_nothing(shared_data: Path, catalog_location: str) -> None:
+    catalog = Catalog(catalog_location)
     catalog.ingest(shared_data)
-    before = dump(tmp_path / "catalog.db")
+    before = snapshot(catalog_location)
     versions = {c.id: catalog.version(c.id) for c in catalog.collections()}
     item_versions = {i.id: i.version for c in versions for i in catalog.search(c)}
     report = catalog.ingest(shared_data)
     assert (len(report.collections), report.items_added, report.items_updated, report.items_unchanged) == (4, 0, 0, 12)
-    assert dump(tmp_path / "catalog.db") == before
+    assert snapshot(catalog_location) == before
     assert {c.id: catalog.version(c.id) for c in catalog.collections()} == versions
     assert {i.id: i.version for c in versions for i in catalog.search(c)} == item_versions
 
 
-def test_changed_item_gets_new_version(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.db")
+def test_changed_item_gets_new_version(shared_data: Path, data_copy: Path, catalog_location: str) -> None:
+    catalog = Catalog(catalog_location)
     catalog.ingest(data_copy, [shared_data])
     old = {i.id: i.version for i in catalog.search(TS)}
     versions = {c.id: catalog.version(c.id) for c in catalog.collections()}
@@ -251,17 +274,17 @@ def _dangling_child(root: Path) -> tuple[Path, str]:
     "corrupt",
     [_bad_json, _no_datetime, _missing_asset_file, _no_id, _no_asset_href, _no_geometry, _dangling_child],
 )
-def test_broken_catalog_leaves_database_unchanged(corrupt, shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.db")
+def test_broken_catalog_leaves_database_unchanged(corrupt, shared_data: Path, data_copy: Path, catalog_location: str) -> None:
+    catalog = Catalog(catalog_location)
     catalog.ingest(shared_data)
-    before = dump(tmp_path / "catalog.db")
+    before = snapshot(catalog_location)
     # The copy lives elsewhere, so every item would be rewritten (new hrefs) if the ingest were not atomic.
     path, field = corrupt(data_copy)
     with pytest.raises(CatalogError) as raised:
         catalog.ingest(data_copy, [shared_data])
     assert (raised.value.path, raised.value.field) == (str(path), field)
     assert str(path) in str(raised.value) and field in str(raised.value)
-    assert dump(tmp_path / "catalog.db") == before
+    assert snapshot(catalog_location) == before
 
 
 def test_failure_while_writing_rolls_back(
@@ -270,15 +293,15 @@ def test_failure_while_writing_rolls_back(
     catalog = Catalog(tmp_path / "catalog.db")
     catalog.ingest(shared_data)
     before = dump(tmp_path / "catalog.db")
-    replace, written = Catalog._replace_item, []
+    replace, written = SQLiteCatalog._replace_item, []
 
-    def fail_on_the_sixth(self: Catalog, db: sqlite3.Connection, pk: int, item) -> None:
+    def fail_on_the_sixth(self: SQLiteCatalog, db: sqlite3.Connection, pk: int, item) -> None:
         written.append(item.id)
         if len(written) == 6:
             raise sqlite3.OperationalError("disk I/O error")
         replace(self, db, pk, item)
 
-    monkeypatch.setattr(Catalog, "_replace_item", fail_on_the_sixth)
+    monkeypatch.setattr(SQLiteCatalog, "_replace_item", fail_on_the_sixth)
     with pytest.raises(sqlite3.OperationalError):
         catalog.ingest(data_copy, [shared_data])  # every item changes: its hrefs point into the copy
     assert dump(tmp_path / "catalog.db") == before
@@ -286,10 +309,36 @@ def test_failure_while_writing_rolls_back(
     assert catalog.ingest(data_copy, [shared_data]).items_updated == 12
 
 
-def test_item_of_unknown_collection(shared_data: Path, data_copy: Path, tmp_path: Path) -> None:
+def test_failure_while_writing_rolls_back_pgstac(
+    shared_data: Path, data_copy: Path, postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mosaics.pgstac import PgstacCatalog
+
+    location = postgres.database()
+    catalog = Catalog(location)
+    catalog.ingest(shared_data)
+    before = snapshot(location)
+    refresh, refreshed = PgstacCatalog._refresh_version, []
+
+    def fail_on_the_third(conn, collection_id: str) -> None:
+        refreshed.append(collection_id)
+        if len(refreshed) == 3:  # after pgSTAC has loaded every item and two collections were refreshed
+            raise RuntimeError("connection lost")
+        refresh(conn, collection_id)
+
+    monkeypatch.setattr(PgstacCatalog, "_refresh_version", staticmethod(fail_on_the_third))
+    with pytest.raises(RuntimeError):
+        catalog.ingest(data_copy, [shared_data])  # every item changes: its hrefs point into the copy
+    assert snapshot(location) == before
+    monkeypatch.undo()
+    assert catalog.ingest(data_copy, [shared_data]).items_updated == 12
+    assert snapshot(location) != before
+
+
+def test_item_of_unknown_collection(shared_data: Path, data_copy: Path, catalog_location: str) -> None:
     path = item_json(data_copy, TS, S2_0810)
     edit_json(path, lambda doc: doc.update(links=[]))
-    catalog = Catalog(tmp_path / "catalog.db")
+    catalog = Catalog(catalog_location)
     with pytest.raises(CatalogError) as raised:
         catalog.ingest(path, [shared_data])
     assert (raised.value.path, raised.value.field) == (str(path), "collection")
@@ -341,6 +390,7 @@ def test_search_datetime(catalog: Catalog) -> None:
     assert ids(catalog.search(TS, datetime=(utc(2023, 8, 13), end_0818))) == [S2_0818, S2_0815, S2_0813]
     assert ids(catalog.search(TS, datetime=(end_0818, None))) == [S2_0820, S2_0818]
     assert ids(catalog.search(TS, datetime=(None, datetime(2023, 8, 12)))) == [S2_0810]  # naive = UTC
+    assert ids(catalog.search(TS, bbox=WEDGE_LONLAT, datetime=(utc(2023, 8, 14), None))) == [S2_0818]
     assert len(catalog.search(TS, datetime=(None, None))) == 5
 
 
@@ -396,3 +446,19 @@ def test_concurrent_searches(catalog: Catalog) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert set(map(tuple, pool.map(search, range(40)))) == {(S2_0818, S2_0813)}
+
+
+def test_sqlite_catalog_before_item_boxes_is_migrated(shared_data: Path, tmp_path: Path) -> None:
+    """A database made with the 2-D footprint index (no time axis) gets item_boxes filled when it is opened."""
+    path = tmp_path / "catalog.db"
+    Catalog(path).ingest(shared_data)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE item_boxes")
+        db.execute("CREATE VIRTUAL TABLE item_footprints USING rtree (id, min_lon, max_lon, min_lat, max_lat)")
+        db.execute("INSERT INTO item_footprints SELECT pk, west, east, south, north FROM items")
+    catalog = Catalog(path)
+    with sqlite3.connect(path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "item_footprints" not in tables and db.execute("SELECT count(*) FROM item_boxes").fetchone() == (12,)
+    assert ids(catalog.search(TS, bbox=WEDGE_LONLAT)) == [S2_0818, S2_0813]
+    assert ids(catalog.search(TS, bbox=WEDGE_LONLAT, datetime=(utc(2023, 8, 14), None))) == [S2_0818]

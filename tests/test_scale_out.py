@@ -1,5 +1,6 @@
-"""Several tile servers behind Debian's nginx (docker/nginx.conf), started by scripts/scale-out-start.sh on loopback:
-byte-identical tiles, public URLs with the proxy's prefix, the proxy's cache and gzip, failover."""
+"""Several tile servers sharing a PostgreSQL/pgSTAC catalog behind Debian's nginx (docker/nginx.conf), started by
+scripts/scale-out-start.sh on loopback: tiles byte-identical to a single SQLite server's, public URLs with the proxy's
+prefix, the proxy's cache and gzip, failover."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Proxied:
     url: str
     directory: Path
     servers: dict[str, int]
+    catalog_url: str
 
     def get(self, path: str, **kwargs) -> httpx.Response:
         return httpx.get(self.url + path, timeout=120, **kwargs)
@@ -52,21 +54,23 @@ class Proxied:
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory, shared_data) -> Proxied:
-    """Two `jeo serve` sharing one catalog, each with its own tile cache, behind nginx with prefix /jeo."""
+def proxied(tmp_path_factory, shared_data, postgres) -> Proxied:
+    """Two `jeo serve` sharing one PostgreSQL catalog, each with its own tile cache (and JEO_HOME, as on two
+    hosts), behind nginx with prefix /jeo."""
     from mosaics.catalog import Catalog
 
+    catalog_url = postgres.database()
+    Catalog(catalog_url).ingest(shared_data)
     home = tmp_path_factory.mktemp("scale-out-home")
-    Catalog(home / "catalog.db").ingest(shared_data)
     directory = tmp_path_factory.mktemp("scale-out")
-    environment = {**os.environ, "JEO_HOME": str(home)}
+    environment = {**os.environ, "JEO_HOME": str(home), "JEO_CATALOG_URL": catalog_url}
     started = subprocess.run(
         ["bash", "scripts/scale-out-start.sh", "-n", "2", "--prefix", PREFIX, str(directory)],
         cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert started.returncode == 0, started.stderr  # the script stops what it started when it fails
     servers = {url: int(pid) for url, pid in (line.split() for line in (directory / "servers").read_text().splitlines())}
-    yield Proxied(started.stdout.strip().splitlines()[-1], directory, servers)
+    yield Proxied(started.stdout.strip().splitlines()[-1], directory, servers, catalog_url)
     subprocess.run(["bash", "scripts/scale-out-stop.sh", str(directory)], cwd=REPO_ROOT, timeout=120, check=True)
 
 

@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (default: from the environment)."""
     settings = settings or get_settings()
-    catalog = Catalog(settings.database_path)
+    catalog = Catalog(settings.catalog_location)
     app = FastAPI(
         lifespan=lifespan,
         title="jeo-tiler",
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = catalog
-    app.state.tokens = TokenStore(settings.database_path)
+    app.state.tokens = TokenStore(settings.catalog_location)
     app.state.identity = identity_provider(settings)
     app.state.presets = PresetRegistry.from_files(settings.presets)
     app.state.tms = supported_tms(catalog_epsg_codes(catalog))

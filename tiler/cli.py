@@ -17,8 +17,9 @@ def _catalog():
     from mosaics.catalog import Catalog
 
     settings = get_settings()
-    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
-    return Catalog(settings.database_path)
+    if not settings.catalog_url:
+        settings.database_path.parent.mkdir(parents=True, exist_ok=True)
+    return Catalog(settings.catalog_location)
 
 
 @click.group()
@@ -95,7 +96,7 @@ def _tokens():
     from tiler.tokens import TokenStore
 
     _catalog()  # creates the catalog tables on a new database
-    return TokenStore(get_settings().database_path)
+    return TokenStore(get_settings().catalog_location)
 
 
 @token.command("create")

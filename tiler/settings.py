@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +20,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path.home() / ".local" / "share" / "jeo-tiler", description="State directory.")
     database: Path | None = Field(None, description="Catalog SQLite file; default `$JEO_HOME/catalog.db`.")
+    catalog_url: str | None = Field(
+        None, description="`postgresql://user:password@host:port/db`: catalog (pgSTAC) and access tables in "
+        "PostgreSQL, shared by every server using the same URL; default: the SQLite `database`."
+    )
     presets: Path | None = Field(None, description="TOML file of extra presets, merged over the shipped ones.")
     static_dir: Path = Field(REPO_ROOT / "node_modules", description="npm packages served under /static (Leaflet, OpenLayers).")
     host: str = Field("127.0.0.1", description="`jeo serve` bind address.")
@@ -142,6 +146,13 @@ class Settings(BaseSettings):
     export_s3_region: str | None = Field(None, description="S3 region for `s3://` destinations (default: boto3's).")
     export_s3_presign_seconds: int = Field(3600, description="Lifetime of presigned result URLs.")
 
+    @field_validator("catalog_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"JEO_CATALOG_URL must be a postgresql:// URL, not {url.split(':', 1)[0]}://…")
+        return url or None
+
     @property
     def cache_path(self) -> Path:
         """Where the tile cache lives."""
@@ -149,13 +160,18 @@ class Settings(BaseSettings):
 
     @property
     def database_path(self) -> Path:
-        """Where the catalog lives."""
+        """Where the SQLite catalog lives."""
         return self.database or self.home / "catalog.db"
 
     @property
     def allowed_roots(self) -> tuple[str, ...]:
         """`ingest_allowed_roots` as a tuple."""
         return tuple(root.strip() for root in self.ingest_allowed_roots.split(",") if root.strip())
+
+    @property
+    def catalog_location(self) -> str | Path:
+        """The catalog and records database: `catalog_url`, else the SQLite file."""
+        return self.catalog_url or self.database_path
 
     @property
     def export_root_path(self) -> Path:

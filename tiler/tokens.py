@@ -1,4 +1,5 @@
-"""Access tokens: created, listed and revoked with `jeo token`, kept in the catalog database.
+"""Access tokens: created, listed and revoked with `jeo token`, kept in the catalog database (the SQLite file or
+the PostgreSQL database of `JEO_CATALOG_URL`, `tiler.db`).
 
 A token is `jeo_` + 43 random URL-safe characters; only its SHA-256 is stored. It grants read access to
 some restricted collections (or all of them) and, with `exports`, the right to submit exports. Revoked
@@ -11,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mosaics.catalog import connect, transaction
 from mosaics.errors import InvalidParameter, JeoError, NotFound
+from tiler.db import open_database
 
 PREFIX = "jeo_"
 SCHEMA = """
@@ -120,15 +120,13 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
 
 
 class TokenStore:
-    """Tokens and grants in the catalog's SQLite file (own connection); safe to share between threads."""
+    """Tokens and grants in the records database at `location` (`tiler.db`); safe to share between threads."""
 
-    def __init__(self, path: str | Path):
-        self._lock = threading.RLock()
-        self._db = connect(path, SCHEMA)
+    def __init__(self, location: str | Path):
+        self._db = open_database(location, SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def create(
         self,
@@ -145,26 +143,25 @@ class TokenStore:
         if all_collections and collections:
             raise InvalidParameter("collections", "give collections or all, not both")
         token = PREFIX + secrets.token_urlsafe(32)
-        with transaction(self._db, self._lock) as db:
+        with self._db.transaction() as db:
             for collection_id in collections:
                 if db.execute("SELECT 1 FROM collections WHERE id = ?", (collection_id,)).fetchone() is None:
                     raise NotFound("collection", collection_id)
             if db.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked IS NULL", (name,)).fetchone():
                 raise InvalidParameter("name", f"a token called '{name}' exists (revoke it first)")
-            token_id = db.execute(
-                "INSERT INTO tokens (name, hash, all_collections, exports, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
+            (token_id,) = db.execute(
+                "INSERT INTO tokens (name, hash, all_collections, exports, created, expires) VALUES (?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (name, digest(token), int(all_collections), int(exports), _text(_now()), _text(expires)),
-            ).lastrowid
-            db.executemany(
-                "INSERT OR IGNORE INTO grants (token, collection) VALUES (?, ?)", [(token_id, c) for c in collections]
-            )
+            ).fetchone()
+            for collection_id in dict.fromkeys(collections):
+                db.execute("INSERT INTO grants (token, collection) VALUES (?, ?)", (token_id, collection_id))
         return token
 
     def list(self) -> list[TokenInfo]:
         """Every token, revoked ones included, by name and creation."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM tokens ORDER BY name, created, id").fetchall()
-            grants = self._grants([row["id"] for row in rows])
+        rows = self._db.execute("SELECT * FROM tokens ORDER BY name, created, id").fetchall()
+        grants = self._grants([row["id"] for row in rows])
         return [
             TokenInfo(
                 name=row["name"], collections=tuple(sorted(grants.get(row["id"], ()))),
@@ -176,18 +173,14 @@ class TokenStore:
 
     def revoke(self, name: str) -> None:
         """Revoke the valid token called `name` (NotFound if there is none); effective on the next request."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (_text(_now()), name)
-            )
+        cursor = self._db.execute("UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (_text(_now()), name))
         if cursor.rowcount == 0:
             raise NotFound("token", name)
 
     def resolve(self, token: str) -> Caller:
         """The caller holding `token`; InvalidToken if it is unknown, revoked or expired."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM tokens WHERE hash = ?", (digest(token),)).fetchone()
-            grants = self._grants([row["id"]]) if row is not None else {}
+        row = self._db.execute("SELECT * FROM tokens WHERE hash = ?", (digest(token),)).fetchone()
+        grants = self._grants([row["id"]]) if row is not None else {}
         if row is None:
             raise InvalidToken("access_token: unknown token")
         if row["revoked"] is not None:

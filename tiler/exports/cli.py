@@ -225,7 +225,7 @@ def export_worker(export_id, chunk, claiming, lease):
 
     settings = get_settings()
     store = ExportStore(settings.database_path, settings.export_lease_timeout)
-    catalog = Catalog(settings.database_path)
+    catalog = Catalog(settings.catalog_location)
     if claiming:
         if lease is None:
             raise click.UsageError("--all needs --lease")

@@ -33,6 +33,8 @@ def worker_env(settings) -> dict[str, str]:
     env = {"JEO_HOME": str(settings.home)}
     if settings.database:
         env["JEO_DATABASE"] = str(settings.database)
+    if settings.catalog_url:
+        env["JEO_CATALOG_URL"] = settings.catalog_url
     return env
 
 
@@ -42,7 +44,7 @@ class ExportService:
     def __init__(self, settings, catalog: Catalog | None = None, presets: PresetRegistry | None = None,
                  *, adopt_orphans: bool = True):
         self.settings = settings
-        self.catalog = catalog or Catalog(settings.database_path)
+        self.catalog = catalog or Catalog(settings.catalog_location)
         self.presets = presets or PresetRegistry.from_files(settings.presets)
         self.store = ExportStore(settings.database_path, settings.export_lease_timeout)
         self.env = worker_env(settings)
