@@ -26,7 +26,6 @@ from starlette.responses import Response
 from titiler.core.factory import MultiBaseTilerFactory, img_endpoint_params
 from titiler.core.models.mapbox import TileJSON
 from titiler.core.resources.enums import ImageType
-from titiler.core.utils import render_image
 
 from mosaics.collection_reader import CollectionReader
 from mosaics.errors import InvalidParameter
@@ -47,6 +46,7 @@ from tiler.dependencies import (
     TileParams,
     get_limits,
 )
+from tiler.render import render_image
 from tiler.tms import check_tile
 
 # Most specific first: `{y}.{format}` would otherwise swallow `2@2x.png`.
@@ -68,7 +68,7 @@ def render(
     image: ImageData, output_format: ImageType | None = None, rescale: Sequence[tuple[float, float]] | None = None,
     color_formula: str | None = None, colormap: ColorMapType | None = None, **kwargs: Any,
 ) -> tuple[bytes, str]:
-    """titiler's `render_image`, with errors of `color_formula`, `colormap` and `format` named: the formula and
+    """`tiler.render.render_image`, with errors of `color_formula`, `colormap` and `format` named: the formula and
     the colormap are first tried on a small 8-bit array with the image's band count."""
     if color_formula:
         if not rescale and image.data.dtype.kind == "f":
