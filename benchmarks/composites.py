@@ -230,6 +230,15 @@ VRT_BAND = """  <VRTRasterBand dataType="UInt16" band="{b}">
 """
 
 
+def write_mosaic(path: Path, urls: list[str]) -> None:
+    """A MosaicJSON over `urls` at `path`, written by cogeo-mosaic in the titiler venv."""
+    code = ("import sys; from cogeo_mosaic.mosaic import MosaicJSON; from cogeo_mosaic.backends import MosaicBackend\n"
+            "m = MosaicJSON.from_urls(sys.argv[2:], quiet=True)\n"
+            "with MosaicBackend(sys.argv[1], mosaic_def=m) as b: b.write(overwrite=True)")
+    subprocess.run([str(T.TITILER_VENV / "bin" / "python"), "-c", code, str(path), *urls], check=True,
+                   capture_output=True)
+
+
 def real_mosaic(ctx: T.Context) -> tuple[str, list[float]]:
     """A MosaicJSON (for titiler) over one 3-band VRT (B04, B03, B02 single-band COGs) per real L2A date."""
     import rasterio
@@ -246,11 +255,7 @@ def real_mosaic(ctx: T.Context) -> tuple[str, list[float]]:
         path.write_text(text)
         vrts.append(str(path))
     mosaic = ctx.work / "real_mosaic.json"
-    code = ("import sys, json; from cogeo_mosaic.mosaic import MosaicJSON; from cogeo_mosaic.backends import "
-            "MosaicBackend\nm = MosaicJSON.from_urls(sys.argv[2:], quiet=True)\n"
-            "with MosaicBackend(sys.argv[1], mosaic_def=m) as b: b.write(overwrite=True)")
-    subprocess.run([str(T.TITILER_VENV / "bin" / "python"), "-c", code, str(mosaic), *vrts], check=True,
-                   capture_output=True)
+    write_mosaic(mosaic, vrts)
     with open(coll / "collection.json") as f:
         bbox = json.load(f)["extent"]["spatial"]["bbox"][0]
     dx, dy = (bbox[2] - bbox[0]) * 0.03, (bbox[3] - bbox[1]) * 0.03

@@ -9,10 +9,13 @@ What it does (see benchmarks/README.md):
    8 × 2048² px) with ../shared/bench/make_data.py and converts it to STAC (benchmarks/stac_from_bench.py);
 3. ingests it and the real scenes (../shared/data) into a temporary JEO_HOME, loads the numba kernels once;
 4. runs, with ../shared/bench/bench_server.py (a fresh server per case, page cache dropped):
-   single-COG true colour and NDVI (1 and 2 workers, synthetic + real), 20-scene composites (median with
-   cloud masks vs titiler's MosaicJSON median without, first, low zoom, real 5-date median with SCL), the
-   cached tile, first request after start; plus the Server-Timing breakdown and the rasterio-only I/O floor;
-5. runs benchmarks/kernels.py and benchmarks/exports.py if they exist (they print their own tables);
+   single-COG true colour and NDVI (1 and 2 workers, synthetic + real; the load generator on a core of its
+   own where there are 3+ cores), 20-scene composites (median with cloud masks vs titiler's MosaicJSON median
+   without, first, low zoom, real 5-date median with SCL), the viewport fill (viewport.py), the cost growth
+   over 5-40 scenes (growth.py, its own 40-scene set), the cached tile, first request after start; plus the
+   Server-Timing breakdown and the rasterio-only I/O floor;
+5. runs benchmarks/exports.py at 4, 16, 64 Mpx (2 local workers) and 1 vs 2 SLURM tasks at 64 Mpx, then
+   benchmarks/kernels.py and render.py (they print their own tables);
 6. prints one table with ratios and writes it, the machine details and all raw JSON to
    /tmp/jeo-bench-results/<run>/ (summary.md, summary.json).
 """
@@ -40,7 +43,9 @@ if Path(sys.prefix).resolve() != (REPO / ".venv").resolve() and VENV_PY.exists()
 
 sys.path.insert(0, str(HERE))
 import composites as C  # noqa: E402
+import growth  # noqa: E402
 import tiles as T  # noqa: E402
+import viewport  # noqa: E402
 
 
 def machine(ctx: T.Context) -> dict:
@@ -122,26 +127,19 @@ def special_rows(ctx: T.Context, single: dict, comp: dict) -> None:
                 section="workers", case=f"1 → 2 workers, {title} (req/s w1 → w2)", data="synthetic", workers="1→2",
                 clients=8, ours=dict(rps=o.get("w2")), theirs=dict(rps=t.get("w2")),
                 note=f"w2/w1 speed-up: jeo ×{T.ratio(o.get('w2'), o.get('w1'))} ({o.get('w1')}→{o.get('w2')} req/s), "
-                     f"titiler ×{T.ratio(t.get('w2'), t.get('w1'))} ({t.get('w1')}→{t.get('w2')} req/s)"))
+                     f"titiler ×{T.ratio(t.get('w2'), t.get('w1'))} ({t.get('w1')}→{t.get('w2')} req/s); "
+                     f"{T.core_note(*T.core_split())}; target ≥ ×1.7 (issue 14)"))
 
 
 def run_other(script: str, quick: bool, timeout: int) -> str | None:
-    """benchmarks/kernels.py or exports.py (owned by other engineers) if present: their own table, verbatim."""
+    """benchmarks/kernels.py or render.py if present: their own table, verbatim."""
     path = HERE / script
     if not path.exists():
         return None
     T.log(f"\n## {script} (if present; prints its own table)")
     args = [str(VENV_PY), str(path)] + (["--quick"] if quick else [])
-    if script == "exports.py":
-        # a small local-only configuration (SLURM and the 8192² export: run exports.py itself)
-        data = T.QUICK_DATA if quick else T.FULL_DATA
-        args = [str(VENV_PY), str(path), "--data", str(data), "--size", "1024" if quick else "2048",
-                "--chunk-size", "512" if quick else "1024", "--runs", "local:2,tiles", "--tile-samples",
-                "8" if quick else "16"]
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-        if out.returncode and quick and "unrecognized arguments" in out.stderr:
-            out = subprocess.run(args[:2], capture_output=True, text=True, timeout=timeout, cwd=REPO)
         text = out.stdout + (f"\n[exit {out.returncode}] {out.stderr[-2000:]}" if out.returncode else "")
     except subprocess.TimeoutExpired:
         text = f"[timed out after {timeout} s]"
@@ -149,10 +147,58 @@ def run_other(script: str, quick: bool, timeout: int) -> str | None:
     return text
 
 
+EXPORT_SIZES = {False: (2048, 4096, 8192), True: (1024, 2048, 4096)}  # 4, 16, 64 Mpx; quick 1, 4, 16
+
+
+def run_exports(ctx: T.Context, timeout: int) -> dict:
+    """benchmarks/exports.py at each size of EXPORT_SIZES with 2 local workers (Mpx/s), one SLURM task vs two at
+    the largest, and the cost of the same area as tiles at the smallest: rows of the table."""
+    sizes = EXPORT_SIZES[ctx.profile.quick]
+    T.log(f"\n## exports: median composite at {', '.join(f'{s}²' for s in sizes)} px (benchmarks/exports.py)")
+    raw = {}
+    for size in sizes:
+        runs = ["local:2"] + (["slurm:1", "slurm:2"] if size == sizes[-1] else []) + (["tiles"] if size == sizes[0] else [])
+        out = ctx.out / f"exports-{size}.json"
+        chunk = max(256, size // 4 // 256 * 256)  # 16 chunks; JEO_EXPORT_CHUNK_SIZE is a multiple of 256
+        args = [str(VENV_PY), str(HERE / "exports.py"), "--data", ctx.synth["data"], "--size", str(size),
+                "--chunk-size", str(chunk), "--runs", ",".join(runs), "--tile-samples",
+                "8" if ctx.profile.quick else "16", "--out", str(out)]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            T.log(f"  {size}²: timed out after {timeout} s")
+            continue
+        (ctx.work / f"exports-{size}.log").write_text(done.stdout + done.stderr)
+        if done.returncode or not out.exists():
+            T.log(f"  {size}²: failed ({done.returncode}): {done.stderr[-1500:]}")
+            continue
+        report = json.loads(out.read_text())
+        raw[size] = report
+        by_run = {r["run"]: r for r in report["results"]}
+        mpx = size * size / 1e6
+        data = f"synthetic, {size}² px ({mpx:.3g} Mpx), chunks {chunk}²"
+        if "local:2" in by_run:
+            r = by_run["local:2"]
+            note = (f"{r['mpx_per_s']} Mpx/s ({r['wall_s']} s wall, {r['chunks']} chunks), worker s per Mpx "
+                    f"{r['worker_s_per_mpx']}")
+            if "tiles" in by_run:
+                note += f" (as 256 px tiles in one process: {by_run['tiles']['worker_s_per_mpx']})"
+            ctx.results.append(dict(section="export", case="export Mpx/s, 2 local workers (jeo-tiler only)", data=data,
+                                    workers=2, clients="–", ours=None, theirs=None, note=note))
+        if "slurm:1" in by_run and "slurm:2" in by_run:
+            one, two = by_run["slurm:1"], by_run["slurm:2"]
+            note = (f"1 task {one['wall_s']} s ({one['mpx_per_s']} Mpx/s), 2 tasks {two['wall_s']} s "
+                    f"({two['mpx_per_s']} Mpx/s): ×{T.ratio(one['wall_s'], two['wall_s'])}; target ≥ ×1.8 (issue 14)")
+            ctx.results.append(dict(section="export", case="2 SLURM tasks vs 1 (jeo-tiler only)", data=data,
+                                    workers="1→2", clients="–", ours=None, theirs=None, note=note))
+        T.log(f"  {size}²: " + "; ".join(f"{r['run']} {r.get('wall_s', r.get('s_per_tile'))} s" for r in report["results"]))
+    return raw
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 scenes of 2048² px, 3 s windows, fewer variants")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: single,composite,real,cache,other")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: single,composite,real,viewport,growth,cache,exports,other")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default /tmp/jeo-bench-results/<run>)")
     a = ap.parse_args()
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -171,8 +217,14 @@ def main() -> int:
         if "cache" not in skip:
             cached = C.run_cached(ctx)
         special_rows(ctx, single, comp)
+        if "viewport" not in skip:
+            viewport.run(ctx)
+        if "growth" not in skip:
+            growth.run(ctx)
+        if "exports" not in skip:
+            run_exports(ctx, 900 if a.quick else 2400)
         if "other" not in skip:
-            for script in ("kernels.py", "exports.py"):
+            for script in ("kernels.py", "render.py"):
                 text = run_other(script, a.quick, 240 if a.quick else 420)
                 if text is not None:
                     other[script] = text
@@ -181,7 +233,7 @@ def main() -> int:
     info["loadavg_end"] = os.getloadavg()
     info["wall_minutes"] = round((time.time() - t0) / 60, 1)
 
-    order = {"single": 0, "composite": 1, "cache": 2, "first": 3, "workers": 4}
+    order = {"single": 0, "composite": 1, "viewport": 2, "growth": 3, "cache": 4, "first": 5, "workers": 6, "export": 7}
     rows = sorted(ctx.results, key=lambda r: order.get(r["section"], 9))
     table = T.markdown_table(rows)
     parts = [f"# jeo-tiler vs titiler — {'quick' if a.quick else 'full'} run {time.strftime('%Y-%m-%d %H:%M')}", "",

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,21 +177,24 @@ def titiler_versions() -> dict:
         return {}
 
 
-def ensure_synthetic_data(profile: Profile) -> dict:
-    """make_data.py output (generated if missing) converted to STAC (bands extracted once)."""
-    data = profile.data
+def ensure_synthetic_data(profile: Profile, data: Path | None = None, scenes: int | None = None,
+                          size: int | None = None, collection: str = "bench-s2") -> dict:
+    """make_data.py output (generated if missing) converted to STAC as `collection` (bands extracted once).
+
+    Default: the profile's set; another folder, scene count and size for sets of other benchmarks."""
+    data, scenes, size = data or profile.data, scenes or profile.scenes, size or profile.size
     if not (data / "scenes.json").exists() or not (data / "mosaic.json").exists():
-        log(f"generating the synthetic set in {data}: {profile.scenes} scenes of {profile.size}² px "
+        log(f"generating the synthetic set in {data}: {scenes} scenes of {size}² px "
             "(../shared/bench/make_data.py, one-off) ...")
         t0 = time.time()
         subprocess.run([str(TITILER_VENV / "bin" / "python"), str(BENCH_DIR / "make_data.py"), "--out", str(data),
-                        "--jobs", "2", "--scenes", str(profile.scenes), "--size", str(profile.size)],
+                        "--jobs", "2", "--scenes", str(scenes), "--size", str(size)],
                        check=True, stdout=subprocess.DEVNULL)
         log(f"  done in {time.time() - t0:.0f} s")
     sys.path.insert(0, str(Path(__file__).parent))
     from stac_from_bench import convert
 
-    summary = convert(str(data), log=log)
+    summary = convert(str(data), collection_id=collection, log=log)
     summary["data"] = str(data)
     summary["mosaic"] = str(data / "mosaic.json")
     summary["mosaic_masked"] = str(data / "mosaic_masked.json")
@@ -270,26 +274,58 @@ class ServerSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
-def jeo_server(ctx: Context, workers: int, cache: Path | None = None, evict_dir: str | None = None) -> ServerSpec:
-    """`jeo serve` (sets TCP_NODELAY and the GDAL env itself); the tile cache is off unless `cache` is given."""
+def core_split() -> tuple[str | None, set[int] | None]:
+    """(CPU list for the servers' `taskset -c`, CPUs of the load generator): the load generator gets a core of its
+    own when at least 2 others remain for the servers (and taskset exists); (None, None) otherwise."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 3 or not shutil.which("taskset"):
+        return None, None
+    return ",".join(map(str, cores[:-1])), {cores[-1]}
+
+
+def core_note(server_cpus: str | None, client_cpus: set[int] | None) -> str:
+    if client_cpus is None:
+        return f"load generator and servers share the {os.cpu_count()} cores (< 3: no core to spare)"
+    return f"servers on CPUs {server_cpus}, load generator pinned to CPU {','.join(map(str, sorted(client_cpus)))}"
+
+
+@contextmanager
+def pinned(cpus: set[int] | None):
+    """Run the block, and the threads it starts, on `cpus` only (no-op for None)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def jeo_server(ctx: Context, workers: int, cache: Path | None = None, evict_dir: str | None = None,
+               cpus: str | None = None) -> ServerSpec:
+    """`jeo serve` (sets TCP_NODELAY and the GDAL env itself); the tile cache is off unless `cache` is given;
+    on `cpus` (a `taskset -c` list) if given."""
     port = free_port()
     env = {"JEO_HOME": str(ctx.home)}
     if cache is None:
         env["JEO_CACHE_SIZE_MB"] = "0"
     else:
         env.update(JEO_CACHE_SIZE_MB="512", JEO_CACHE_DIR=str(cache))
-    return ServerSpec("jeo", f"{JEO} serve --host 127.0.0.1 --port {port} --workers {workers}", env, port, workers,
-                      evict_dir)
+    cmd = f"{JEO} serve --host 127.0.0.1 --port {port} --workers {workers}"
+    return ServerSpec("jeo", f"taskset -c {cpus} {cmd}" if cpus else cmd, env, port, workers, evict_dir)
 
 
-def titiler_server(ctx: Context, workers: int, evict_dir: str | None = None) -> ServerSpec:
-    """titiler.application with uvicorn h11 + asyncio (as jeo-tiler's venv) and TCP_NODELAY, same GDAL env."""
+def titiler_server(ctx: Context, workers: int, evict_dir: str | None = None, cpus: str | None = None) -> ServerSpec:
+    """titiler.application with uvicorn h11 + asyncio (as jeo-tiler's venv) and TCP_NODELAY, same GDAL env; on
+    `cpus` if given."""
     port = free_port()
     py = TITILER_VENV / "bin" / "python"
     cmd = (f"{py} {ctx.work / 'nodelay_uvicorn.py'} titiler.application.main:app --host 127.0.0.1 --port {port} "
            f"--workers {workers} --http h11 --loop asyncio")
     env = dict(ctx.gdal_env, MALLOC_ARENA_MAX="2")
-    return ServerSpec("titiler", cmd, env, port, workers, evict_dir)
+    return ServerSpec("titiler", f"taskset -c {cpus} {cmd}" if cpus else cmd, env, port, workers, evict_dir)
 
 
 def bench(ctx: Context, server: ServerSpec, cases: dict[str, str], bounds, zooms: str, label: str,
@@ -353,7 +389,7 @@ def bench(ctx: Context, server: ServerSpec, cases: dict[str, str], bounds, zooms
 def bench_pair(ctx: Context, label: str, ours: ServerSpec, theirs: ServerSpec,
                cases: dict[str, tuple], bounds, zooms: str, variables: dict | None = None,
                per_zoom: int | None = None, latency_max: int | None = None, rounds: int | None = None,
-               after=None, max_window: float | None = None) -> dict:
+               after=None, max_window: float | None = None, client_cpus: set[int] | None = None) -> dict:
     """jeo-tiler and titiler measured side by side, interleaved, with bench_server.py's own functions.
 
     Both servers are started fresh (page cache of their data dropped first) and stay up for all `cases`
@@ -362,7 +398,8 @@ def bench_pair(ctx: Context, label: str, ours: ServerSpec, theirs: ServerSpec,
     first case is the first request of the process), cold pass (page cache dropped again before each
     server's pass), warm pass, then closed-loop throughput at each concurrency in alternating windows
     (jeo, titiler, titiler, jeo, …, `rounds` windows each), so that the background load of a shared machine
-    hits both alike. `after(base_ours, base_theirs)` runs at the end while both servers are still up.
+    hits both alike. `after(base_ours, base_theirs)` runs at the end while both servers are still up. With
+    `client_cpus` the load generator's threads run on those CPUs only (see `core_split`).
     Returns {"ours": {"cases": [...]}, "theirs": {"cases": [...]}} in bench_server's format.
     """
     sys.path.insert(0, str(BENCH_DIR))
@@ -428,8 +465,9 @@ def bench_pair(ctx: Context, label: str, ours: ServerSpec, theirs: ServerSpec,
                 order = list(entries)
                 for r in range(rounds):
                     for who in (order if r % 2 == 0 else order[::-1]):
-                        windows[who].append(B.load_threads(servers[who].spec.base, entries[who]["paths"], conc,
-                                                           warmup, duration, 120, 100000))
+                        with pinned(client_cpus):
+                            windows[who].append(B.load_threads(servers[who].spec.base, entries[who]["paths"], conc,
+                                                               warmup, duration, 120, 100000))
                 for who, ws in windows.items():
                     entries[who]["throughput"].append(_merge_windows(ws, conc, warmup))
             for who, e in entries.items():
@@ -692,6 +730,9 @@ def run_single_scene(ctx: Context, workers_list=(1, 2), real: bool = True, with_
     check = pixel_check(tile_paths(bounds, zooms, ctx.profile.per_zoom),
                         {"true colour (/stac)": (RGB_JEO, RGB_TT_STAC), "NDVI (/stac)": (NDVI_JEO, NDVI_TT_STAC),
                          "true colour (/cog)": (RGB_JEO, RGB_TT_COG)}, variables)
+    # the 1 → 2 worker rows come from these runs: the load generator gets a core of its own where possible
+    server_cpus, client_cpus = core_split()
+    log(f"  {core_note(server_cpus, client_cpus)}")
     for w in workers_list:
         cases = {"rgb": (RGB_JEO, RGB_TT_STAC)}
         if w == 1 or not ctx.profile.quick:
@@ -699,9 +740,10 @@ def run_single_scene(ctx: Context, workers_list=(1, 2), real: bool = True, with_
         if with_cog and w == 1:
             cases.update(rgb_cog=(None, RGB_TT_COG), ndvi_cog=(None, NDVI_TT_COG))
         # both folders are evicted before each cold pass: single-band COGs (jeo, /stac) and 4-band COGs (/cog)
-        res = bench_pair(ctx, f"single-synth-w{w}", jeo_server(ctx, w, evict_dir=bands_dir),
-                         titiler_server(ctx, w, evict_dir=str(Path(cog).parent)),
-                         cases, bounds, zooms, variables, after=check if w == workers_list[0] else None)
+        res = bench_pair(ctx, f"single-synth-w{w}", jeo_server(ctx, w, evict_dir=bands_dir, cpus=server_cpus),
+                         titiler_server(ctx, w, evict_dir=str(Path(cog).parent), cpus=server_cpus),
+                         cases, bounds, zooms, variables, after=check if w == workers_list[0] else None,
+                         client_cpus=client_cpus)
         if "after" in res:
             ctx.checks = res["after"]
         raw[f"synth-w{w}"] = res
