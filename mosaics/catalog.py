@@ -261,6 +261,10 @@ class Catalog(ABC):
         The same content has the same version on every backend (`collection_version`)."""
 
     @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """`{collection id: version}` of every collection, in one query (for caches of catalog-wide views)."""
+
+    @abstractmethod
     def access(self, collection_id: str) -> str:
         """The collection's access level, `public` or `restricted`; raises NotFound."""
 
@@ -464,6 +468,10 @@ class SQLiteCatalog(Catalog):
         with self._transaction() as db:
             if db.execute("UPDATE collections SET access = ? WHERE id = ?", (access, collection_id)).rowcount == 0:
                 raise NotFound("collection", collection_id)
+
+    def versions(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT id, version FROM collections ORDER BY id").fetchall())
 
     def item(self, collection_id: str, item_id: str) -> Item:
         self.version(collection_id)

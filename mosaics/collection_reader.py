@@ -84,11 +84,10 @@ class CollectionReader(SpatialMixin):
     def __exit__(self, *args):
         pass
 
-    def cache_token(self, tile_x: int, tile_y: int, tile_z: int) -> dict[str, str]:
-        """What a cached tile depends on in the catalog: the versions of the scenes selected for it."""
-        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z))
-        found = candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
-        return {item.id: item.version for item in found}
+    def tile_items(self, tile_x: int, tile_y: int, tile_z: int, tilesize: int = 256, buffer: float = 0) -> list[Item]:
+        """The items a tile is computed from (its cache key holds their versions): the scenes selected for it."""
+        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer)
+        return candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
 
     def tile(
         self,

@@ -19,6 +19,7 @@ from diskcache import Cache
 from algorithms import corrections as kernels
 from mosaics.datasets import PooledReader, gdal_path
 from mosaics.errors import InvalidParameter
+from mosaics.fileversions import FILE_VERSIONS
 from mosaics.models import Asset, Item
 from mosaics.reader import to_physical
 from mosaics.stac import read_text
@@ -29,7 +30,7 @@ _LANDSAT_BAND = re.compile(r"^B(\d{1,2})$")
 
 @lru_cache(maxsize=256)
 def _mtl(href: str, version: str) -> dict[str, float | str]:
-    """The parsed MTL of an item version (cached per process)."""
+    """The parsed MTL of a file version (cached per process)."""
     return kernels.parse_mtl(read_text(href))
 
 
@@ -44,7 +45,7 @@ def _reflectance_bands(item: Item, keys: list[str]) -> tuple[dict[str, float | s
     """The item's MTL and the Landsat band numbers of `keys`; InvalidParameter when one is not reflective."""
     if "mtl" not in item.assets:
         raise InvalidParameter("correction", f"toa needs an MTL asset; item '{item.id}' has none")
-    mtl = _mtl(item.assets["mtl"].href, item.version)
+    mtl = _mtl(item.assets["mtl"].href, FILE_VERSIONS.version(item.assets["mtl"].href))
     bands = [_landsat_band(item.assets[k]) for k in keys]
     for key, band in zip(keys, bands):
         if f"REFLECTANCE_MULT_BAND_{band}" not in mtl:
@@ -107,7 +108,8 @@ class Corrector:
         """The scene's DOS1 dark value for one band, from a ≤ 512 px overview, computed once and stored."""
         if self._dark is None:
             raise InvalidParameter("correction", "dos needs a dark-value store (none configured)")
-        cache_key = (item.collection, item.id, item.version, key)
+        files = FILE_VERSIONS.versions([item.assets[k].href for k in (key, "mtl") if k in item.assets])
+        cache_key = (item.collection, item.id, item.version, key, *files.values())
         if (value := self._dark.get(cache_key)) is None:
             with PooledReader(gdal_path(item.assets[key].href)) as src:
                 overview = src.preview(max_size=512)

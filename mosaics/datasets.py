@@ -2,8 +2,9 @@
 
 `open_raster` is the one way catalog data is opened: GeoTIFF/COG only, self-contained (see there).
 A pooled handle is lent to one reader at a time (GDAL handles are not shared between threads) and returned
-afterwards; the least recently used idle handles are closed beyond `max_open`. Local files are keyed
-by path, size and mtime, so a file replaced on disk is reopened.
+afterwards; the least recently used idle handles are closed beyond `max_open`. Files are keyed by path
+and file version (`mosaics.fileversions`), so a file replaced on disk or on S3 is reopened; for S3, GDAL's
+process-wide cache of the object's blocks is dropped first, else the new handle would read old blocks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rio_tiler.io import Reader
 
-Key = tuple[str, int, int, int | None]
+from mosaics.fileversions import FILE_VERSIONS, local_version
+
+Key = tuple[str, str, int | None]
+S3_VSI = "/vsis3/"
+
+
+def file_version(path: str) -> str:
+    """Version of a GDAL path: a local file's, or an S3 object's (other /vsi paths: none)."""
+    if path.startswith(S3_VSI):
+        return FILE_VERSIONS.version("s3://" + path[len(S3_VSI):])
+    return "" if path.startswith("/vsi") else local_version(path)
+
 
 # The only GDAL driver catalog data is opened with: a VRT (or any other format) named .tif is refused.
 ALLOWED_DRIVER = "GTiff"
@@ -55,28 +67,41 @@ def open_raster(path: str, overview_level: int | None = None) -> DatasetReader:
     return _open_gtiff(path, overview_level=overview_level)
 
 
+def drop_gdal_cache(path: str) -> None:
+    """Forget GDAL's cached blocks and size of a remote file (closing a handle opened uncached does that)."""
+    try:
+        with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path), open_raster(path):
+            pass
+    except RasterioIOError:
+        pass
+
+
 class DatasetPool:
     """Open datasets by path, lending each to one user at a time."""
 
     def __init__(self, max_open: int = 256):
         self.max_open = max_open
         self._idle: OrderedDict[Key, list[DatasetReader]] = OrderedDict()
+        self._versions: dict[str, str] = {}
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(path: str, overview_level: int | None) -> Key:
-        if path.startswith("/vsi"):
-            return path, 0, 0, overview_level
-        stat = os.stat(path)
-        return path, stat.st_size, stat.st_mtime_ns, overview_level
 
     @contextmanager
     def open(self, path: str, overview_level: int | None = None) -> Iterator[DatasetReader]:
         """A dataset for `path` (or one of its overview levels), from the pool when one is idle."""
-        key = self._key(path, overview_level)
+        key = (path, file_version(path), overview_level)
         with self._lock:
             handles = self._idle.get(key)
             dataset = handles.pop() if handles else None
+            replaced = self._versions.setdefault(path, key[1]) != key[1]
+            if replaced:
+                self._versions[path] = key[1]
+                old_keys = [k for k in self._idle if k[0] == path and k[1] != key[1]]
+                stale = [handle for k in old_keys for handle in self._idle.pop(k)]
+        if replaced:
+            for handle in stale:
+                handle.close()
+            if path.startswith("/vsi"):
+                drop_gdal_cache(path)
         if dataset is None:
             dataset = open_raster(path, overview_level)
         try:
@@ -87,8 +112,11 @@ class DatasetPool:
     def _give_back(self, key: Key, dataset: DatasetReader) -> None:
         closing = []
         with self._lock:
-            self._idle.setdefault(key, []).append(dataset)
-            self._idle.move_to_end(key)
+            if self._versions.get(key[0]) == key[1]:
+                self._idle.setdefault(key, []).append(dataset)
+                self._idle.move_to_end(key)
+            else:  # the file was replaced while this handle was lent
+                closing.append(dataset)
             while sum(map(len, self._idle.values())) > self.max_open:
                 oldest, handles = next(iter(self._idle.items()))
                 closing.append(handles.pop(0))

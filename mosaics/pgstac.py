@@ -209,6 +209,10 @@ class PgstacCatalog(Catalog):
     def version(self, collection_id: str) -> str:
         return self._column(collection_id, "version")
 
+    def versions(self) -> dict[str, str]:
+        with self._connection() as conn:
+            return dict(conn.execute('SELECT id, version FROM jeo.collections ORDER BY id COLLATE "C"').fetchall())
+
     def access(self, collection_id: str) -> str:
         return self._column(collection_id, "access")
 

@@ -209,9 +209,9 @@ class SceneReader(MultiBaseReader):
         physical = to_physical(data, [self.input.assets[k] for k in order])
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
 
-    def cache_token(self, tile_x: int, tile_y: int, tile_z: int) -> dict[str, str]:
-        """What a cached tile depends on in the catalog: this item's version."""
-        return {self.input.id: self.input.version}
+    def tile_items(self, tile_x: int, tile_y: int, tile_z: int, **_: Any) -> list[Item]:
+        """The items a tile is computed from (its cache key holds their versions): this one."""
+        return [self.input]
 
     @contextmanager
     def _reading(self, recipe: Recipe, keys: dict[str, str], height: int, width: int, margin: float = 0,

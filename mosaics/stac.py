@@ -17,11 +17,9 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import boto3
 import shapely.geometry
 from botocore.exceptions import BotoCoreError, ClientError
 from rasterio.errors import RasterioError
@@ -29,27 +27,12 @@ from rasterio.errors import RasterioError
 from .datasets import gdal_path, open_raster
 from .errors import CatalogError
 from .models import Asset, Collection, Item, RasterBand, known_epsg
+from .s3 import S3_PREFIX, s3_client, split_s3
 
-S3_PREFIX = "s3://"
 _NODATA_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 # --- storage: local files and S3 ---------------------------------------------------------------
-
-
-@cache
-def _s3_client(endpoint_url: str | None) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint_url)
-
-
-def s3_client() -> Any:
-    """boto3 S3 client; endpoint from ``JEO_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``, else boto3 defaults."""
-    return _s3_client(os.environ.get("JEO_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None)
-
-
-def _split_s3(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len(S3_PREFIX) :].partition("/")
-    return bucket, key
 
 
 def _check_scheme(href: str) -> None:
@@ -62,7 +45,7 @@ def resolve_href(base: str, href: str) -> str:
     if "://" in href:
         return href
     if base.startswith(S3_PREFIX):
-        bucket, key = _split_s3(base)
+        bucket, key = split_s3(base)
         return f"{S3_PREFIX}{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), href)).lstrip("/")
     return os.path.normpath(os.path.join(os.path.dirname(base), href))
 
@@ -72,7 +55,7 @@ def exists(href: str) -> bool:
     _check_scheme(href)
     if not href.startswith(S3_PREFIX):
         return os.path.exists(href)
-    bucket, key = _split_s3(href)
+    bucket, key = split_s3(href)
     try:
         s3_client().head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -86,7 +69,7 @@ def _read_bytes(href: str) -> bytes:
     _check_scheme(href)
     if not href.startswith(S3_PREFIX):
         return Path(href).read_bytes()
-    bucket, key = _split_s3(href)
+    bucket, key = split_s3(href)
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
@@ -126,7 +109,7 @@ class Roots:
     def relative(self, href: str) -> str | None:
         """`href` relative to the root holding it; None when none does."""
         if href.startswith(S3_PREFIX):
-            bucket, key = _split_s3(href)
+            bucket, key = split_s3(href)
             target = f"{S3_PREFIX}{bucket}/" + posixpath.normpath("/" + key).lstrip("/")
             if target != href:  # S3 keys are literal: "a/../b" is not "b"
                 return None

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data."""
+"""Shared fixtures: the real data in ../shared/data, real servers on loopback (jeo-tiler, moto's S3)."""
 
 from __future__ import annotations
 
@@ -139,3 +139,46 @@ def server(jeo_home) -> Server:
     running = start_server(jeo_home)
     yield running
     stop_server(running)
+
+
+@dataclass
+class S3:
+    """moto's S3-compatible server: its URL, the environment clients need, a boto3 client, a bucket."""
+
+    url: str
+    env: dict[str, str]
+    client: object
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> S3:
+    """moto's S3-compatible server on a loopback port, with one bucket."""
+    import boto3
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("moto server did not start")
+            time.sleep(0.2)
+    client = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    client.create_bucket(Bucket="jeo-exports")
+    yield S3(url, env, client, "jeo-exports")
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()

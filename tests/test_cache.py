@@ -1,9 +1,12 @@
-"""The shared tile cache against a real two-worker server: hits, invalidation, stampedes, limits, validators."""
+"""The shared tile cache against a real two-worker server: hits, invalidation (catalog, files on disk and on
+S3, code and settings), stampedes, limits, validators."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +16,10 @@ import pytest
 from diskcache import Cache
 
 from mosaics.catalog import Catalog
-from tests.conftest import SHARED_DATA, start_server, stop_server
+from tests.conftest import SHARED_DATA, Server, start_server, stop_server
+from tiler.cache import code_version
+from tiler.presets import PresetRegistry
+from tiler.settings import Settings
 
 C = "sentinel-2-l2a-timeseries"
 WM = morecantile.tms.get("WebMercatorQuad")
@@ -162,3 +168,135 @@ def test_cache_never_exceeds_its_size_limit(tmp_path, shared_data):
         assert Cache(str(home / "tile-cache")).volume() <= limit
     finally:
         stop_server(server)
+
+
+# --- the versions in the key: files behind an unchanged item JSON, code and settings ---------------
+
+REPLACED = "S2A_33TWM_20230818_0_L2A"
+
+
+def red_tile(item: str, tile=INSIDE) -> str:
+    return f"/collections/{C}/items/{item}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy?assets=red"
+
+
+def test_replacing_an_asset_file_changes_tiles_and_etags(cached, server):
+    """A COG replaced on disk under the same item JSON: new tiles and ETags, also through the pre-routing
+    shortcut, for the item and the composites that use it."""
+    cache_server, data, _ = cached
+    urls = {"item": red_tile(REPLACED), "composite": composite_tile(INSIDE, max_items=5)}
+    before = {name: cache_server.get(url) for name, url in urls.items()}
+    assert all(cache_server.get(url).headers["X-Cache"] == "hit" for url in urls.values())
+    band = data / C / REPLACED / "B04.tif"
+    staged = band.with_name("B04.tif.new")
+    shutil.copyfile(shared_band(OTHER), staged)
+    os.replace(staged, band)  # the link to the real file becomes another scene's band
+    after = {name: cache_server.get(url) for name, url in urls.items()}
+    for name in urls:
+        assert after[name].status_code == 200 and after[name].headers["X-Cache"] == "miss", name
+        assert after[name].headers["ETag"] != before[name].headers["ETag"], name
+        assert after[name].content != before[name].content, name
+    assert after["item"].content == server.get(red_tile(OTHER)).content  # the new file's pixels
+    assert all(cache_server.get(url).headers["X-Cache"] == "hit" for url in urls.values())
+
+
+def shared_band(item: str, band: str = "B04.tif") -> Path:
+    return SHARED_DATA / C / item / band
+
+
+def test_code_version_covers_rendering_settings_and_presets(tmp_path):
+    presets = PresetRegistry.from_files()
+    version = code_version(Settings(home=tmp_path), presets)
+    process = {"port": 1, "workers": 3, "root_path": "/jeo", "catalog_url": "postgresql://db/jeo",
+               "cache_dir": tmp_path / "cache", "export_local_workers": 9}  # one proxy, several servers
+    assert code_version(Settings(home=tmp_path / "other", **process), presets) == version
+    assert code_version(Settings(home=tmp_path, composite_max_items=5), presets) != version
+    assert code_version(Settings(home=tmp_path, cache_control_item="no-store"), presets) != version
+    assert code_version(Settings(home=tmp_path, max_buffer=1), presets) != version
+    extra = tmp_path / "presets.toml"
+    extra.write_text('[[profiles]]\ncollections = ["*"]\n[profiles.presets.red]\ntitle = "Red"\nassets = ["red"]\n')
+    assert code_version(Settings(home=tmp_path), PresetRegistry.from_files(extra)) != version
+
+
+def test_changed_settings_do_not_reuse_cached_tiles(cached):
+    """A restart with another Cache-Control on the same cache: not the remembered headers of the old one."""
+    server, _, home = cached
+    url = item_tile(OTHER)
+    server.get(url)
+    assert server.get(url).headers["X-Cache"] == "hit"
+    restarted = start_server(home, env={"JEO_CACHE_CONTROL_ITEM": "public, max-age=60"})
+    try:
+        first, second = restarted.get(url), restarted.get(url)
+    finally:
+        stop_server(restarted)
+    assert first.headers["X-Cache"] == "miss" and second.headers["X-Cache"] == "hit"
+    assert first.headers["Cache-Control"] == second.headers["Cache-Control"] == "public, max-age=60"
+
+
+@pytest.fixture(scope="module")
+def s3_catalog(tmp_path_factory, shared_data, s3, monkeypatch_module) -> tuple[Server, str]:
+    """A server whose catalog is on S3 (one item), with S3 file versions remembered for 1 s."""
+    item_dir = shared_data / C / OTHER
+    collection = json.loads((shared_data / C / "collection.json").read_text())
+    collection["links"] = [link for link in collection["links"] if link["rel"] != "item" or OTHER in link["href"]]
+    collection["links"] = [link for link in collection["links"] if link["rel"] not in ("root", "parent")]
+    prefix = "s3-catalog"
+    s3.client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{C}/collection.json", Body=json.dumps(collection).encode())
+    for path in item_dir.iterdir():
+        body = path.read_text().replace('"../../catalog.json"', '"../collection.json"') if path.suffix == ".json" else None
+        key = f"{prefix}/{C}/{OTHER}/{path.name}"
+        if body is None:
+            s3.client.upload_file(str(path), s3.bucket, key)
+        else:
+            s3.client.put_object(Bucket=s3.bucket, Key=key, Body=body.encode())
+    env = {**s3.env, "JEO_S3_ENDPOINT_URL": s3.url, "AWS_S3_ENDPOINT": s3.url.removeprefix("http://"),
+           "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE", "JEO_S3_VERSION_TTL": "1"}
+    for name, value in env.items():
+        monkeypatch_module.setenv(name, value)
+    home = tmp_path_factory.mktemp("s3-home")
+    Catalog(home / "catalog.db").ingest(f"s3://{s3.bucket}/{prefix}/{C}/collection.json")
+    running = start_server(home, env=env)
+    yield running, f"{prefix}/{C}/{OTHER}"
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_replacing_an_s3_object_changes_tiles_and_etags(s3_catalog, s3, server):
+    """An S3 object replaced under the same item JSON: after `JEO_S3_VERSION_TTL` a new ETag, and the new
+    object's pixels (not GDAL's cached blocks of the old one)."""
+    s3_server, prefix = s3_catalog
+    url = red_tile(OTHER)
+    first, again = s3_server.get(url), s3_server.get(url)
+    assert first.status_code == 200, first.text
+    assert again.headers["X-Cache"] == "hit" and first.content == server.get(url).content
+    s3.client.upload_file(str(shared_band(CHANGED)), s3.bucket, f"{prefix}/B04.tif")
+    time.sleep(1.5)
+    replaced = s3_server.get(url)
+    assert replaced.headers["X-Cache"] == "miss" and replaced.headers["ETag"] != first.headers["ETag"]
+    assert replaced.content == server.get(red_tile(CHANGED)).content
+
+
+def test_replaced_band_gets_a_new_dark_value(cached, server):
+    """DOS dark values (stored per scene and band) follow the file, not only the item JSON: after a band of
+    scene A is replaced by scene B's, A's dark-object-subtracted tile equals B's."""
+    cache_server, data, _ = cached
+    l1c, scene_a, scene_b = "sentinel-2-l1c-10m", "eolearn_S2L1C_20150711T100008", "eolearn_S2L1C_20150830T100547"
+    tile = WM.tile(14.5578, 45.8705, 15)
+
+    def url(date: str) -> str:
+        return (f"/collections/{l1c}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy"
+                f"?assets=red&correction=dos&method=first&cloud_mask=none&datetime={date}")
+
+    before = cache_server.get(url("2015-07-11"))
+    assert before.status_code == 200, before.text
+    band = data / l1c / scene_a / "B04.tif"
+    staged = band.with_name("B04.tif.new")
+    shutil.copyfile(data / l1c / scene_b / "B04.tif", staged)
+    os.replace(staged, band)
+    after = cache_server.get(url("2015-07-11"))
+    assert after.headers["X-Cache"] == "miss" and after.content != before.content
+    assert after.content == server.get(url("2015-08-30")).content

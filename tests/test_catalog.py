@@ -204,7 +204,7 @@ def test_reingest_changes_nothing(shared_data: Path, catalog_location: str) -> N
     report = catalog.ingest(shared_data)
     assert (len(report.collections), report.items_added, report.items_updated, report.items_unchanged) == (4, 0, 0, 12)
     assert snapshot(catalog_location) == before
-    assert {c.id: catalog.version(c.id) for c in catalog.collections()} == versions
+    assert {c.id: catalog.version(c.id) for c in catalog.collections()} == versions == catalog.versions()
     assert {i.id: i.version for c in versions for i in catalog.search(c)} == item_versions
 
 

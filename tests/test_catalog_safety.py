@@ -26,7 +26,6 @@ from mosaics.stac import Roots
 from tests.conftest import REPO_ROOT, start_server, stop_server
 from tests.test_cache import copy_catalog
 from tests.test_catalog import edit_json, item_json as item_path
-from tests.test_exports import s3  # noqa: F401 - moto's S3 server on loopback (fixture)
 
 TS = "sentinel-2-l2a-timeseries"
 L1C = "sentinel-2-l1c-10m"
@@ -186,7 +185,7 @@ def test_roots_are_folders_and_s3_prefixes(tmp_path):
     assert roots.relative(str(tmp_path / "allowed" / "i" / "B04.tif")) == "i/B04.tif"
 
 
-def test_s3_catalog_with_an_asset_in_another_bucket(s3, shared_data, tmp_path, monkeypatch):  # noqa: F811
+def test_s3_catalog_with_an_asset_in_another_bucket(s3, shared_data, tmp_path, monkeypatch):
     """A catalog in one bucket naming a COG in another: refused without a request to that bucket, unless allowed."""
     monkeypatch.setenv("JEO_S3_ENDPOINT_URL", s3.url)
     for name, value in {**s3.env, "AWS_S3_ENDPOINT": s3.url.removeprefix("http://"), "AWS_HTTPS": "NO",

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import REPO_ROOT, Server, start_server, stop_server
-from tests.test_exports import TILE_BBOX, _free_port, post, read, s3, submit, validate_cog  # noqa: F401 - s3 is a fixture
+from tests.conftest import REPO_ROOT, Server, _free_port, start_server, stop_server
+from tests.test_exports import TILE_BBOX, post, read, submit, validate_cog
 
 C = "sentinel-2-l2a-timeseries"
 DAMAGED = "sentinel-2-l2a-damaged"  # the time series with one truncated and one missing COG
@@ -202,7 +202,7 @@ class FaultProxy:
 
 
 @pytest.fixture(scope="module")
-def proxy(s3) -> FaultProxy:  # noqa: F811 - the s3 fixture
+def proxy(s3) -> FaultProxy:
     running = FaultProxy(int(s3.url.rsplit(":", 1)[1]))
     yield running
     running.stop()
@@ -211,7 +211,7 @@ def proxy(s3) -> FaultProxy:  # noqa: F811 - the s3 fixture
 # --- the server ----------------------------------------------------------------------------------------
 
 
-def server_env(cluster: Cluster, s3, proxy: FaultProxy) -> dict[str, str]:  # noqa: F811
+def server_env(cluster: Cluster, s3, proxy: FaultProxy) -> dict[str, str]:
     return {
         "SLURM_CONF": cluster.env["SLURM_CONF"], **s3.env,
         "JEO_EXPORT_CHUNK_SIZE": "512", "JEO_EXPORT_EXECUTORS": "local,slurm", "JEO_EXPORT_LOCAL_WORKERS": "2",
@@ -221,7 +221,7 @@ def server_env(cluster: Cluster, s3, proxy: FaultProxy) -> dict[str, str]:  # no
 
 
 @pytest.fixture(scope="module")
-def fserver(tmp_path_factory, shared_data, cluster, s3, proxy) -> Server:  # noqa: F811
+def fserver(tmp_path_factory, shared_data, cluster, s3, proxy) -> Server:
     home = make_home(tmp_path_factory.mktemp("faults"), shared_data)
     running = start_server(home, env=server_env(cluster, s3, proxy))
     yield running
@@ -309,7 +309,7 @@ def test_corrupt_and_missing_cogs_are_skipped_and_named(fserver):
 SMALL = {**RECIPE, "collection": C, "bbox": [15.5, 46.2, 15.6, 46.3], "executor": "local"}
 
 
-def test_existing_destinations_are_refused_unless_overwrite(fserver, s3):  # noqa: F811
+def test_existing_destinations_are_refused_unless_overwrite(fserver, s3):
     first = finished(fserver, submit(fserver, {**SMALL, "destination": "taken/one"})["id"])
     before = Path(first["result"]).read_bytes()
     listed = fserver.get("/exports", params={"limit": 1000}).json()["numberReturned"]
@@ -372,7 +372,7 @@ def test_a_file_that_appears_during_the_export_is_not_overwritten(fserver):
 # --- SIGKILL of the server -----------------------------------------------------------------------------
 
 
-def test_sigkill_of_the_server_mid_export_then_restart(fserver, cluster, s3, proxy, reference):  # noqa: F811
+def test_sigkill_of_the_server_mid_export_then_restart(fserver, cluster, s3, proxy, reference):
     """The server is SIGKILLed while a local and a SLURM export compute chunks; its local workers end with it.
     A new server on the same home resumes the local export (missing chunks) and reconciles the SLURM one:
     both finish, each merged exactly once, with the pixels of the uninterrupted reference."""
@@ -568,7 +568,7 @@ def test_missing_slurm_tools_are_a_400_naming_executor(monkeypatch, tmp_path):
 # --- S3 endpoint dying mid-upload ------------------------------------------------------------------------
 
 
-def test_s3_endpoint_stopped_mid_upload_fails_the_export_and_a_resubmission_works(fserver, s3, proxy, reference):  # noqa: F811
+def test_s3_endpoint_stopped_mid_upload_fails_the_export_and_a_resubmission_works(fserver, s3, proxy, reference):
     body = {**WHOLE, "executor": "local", "chunk_size": 1024, "destination": f"s3://{s3.bucket}/cut/result.tif"}
     proxy.cut_after(64 * 1024)
     record = submit(fserver, body)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,7 +26,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import REPO_ROOT, Server, start_server, stop_server
+from tests.conftest import REPO_ROOT, S3, Server, start_server, stop_server
 from tests.reference import nearest_tile
 
 C = "sentinel-2-l2a-timeseries"
@@ -44,12 +42,6 @@ pytestmark = pytest.mark.slurm  # the export server is started with the local SL
 
 
 # --- fixtures --------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,47 +63,6 @@ def slurm() -> dict[str, str]:
     yield {"SLURM_CONF": f"{base}/etc/slurm.conf"}
     if started:
         subprocess.run(["bash", "scripts/slurm-stop.sh"], env=env, cwd=REPO_ROOT, capture_output=True)
-
-
-@dataclass
-class S3:
-    url: str
-    env: dict[str, str]
-    client: object
-    bucket: str
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3:
-    """moto's S3-compatible server on a loopback port, with one bucket."""
-    import boto3
-
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("moto server did not start")
-            time.sleep(0.2)
-    client = boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-    client.create_bucket(Bucket="jeo-exports")
-    yield S3(url, env, client, "jeo-exports")
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def make_home(root: Path, shared_data: Path) -> Path:

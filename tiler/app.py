@@ -6,8 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import FastAPI, Request
-from starlette.middleware.cors import CORSMiddleware
+from fastapi import Depends, FastAPI, Request
 from starlette.staticfiles import StaticFiles
 from titiler.core.factory import TMSFactory
 
@@ -18,10 +17,13 @@ from tiler import __version__, errors, stac_api, viewer, wmts
 from tiler.access import AccessMiddleware, catalog_view, identity_provider
 from tiler.exports import api as exports_api
 from tiler.exports.service import ExportService
-from tiler.cache import NoCache, TileCache
+from mosaics.fileversions import FILE_VERSIONS
+from tiler.cache import code_version, open_tile_cache
+from tiler.cors import SplitCORSMiddleware, origins
 from tiler.dependencies import create_limits
 from tiler.factory import CompositeTilerFactory, ItemTilerFactory
-from tiler.middleware import CachedTileMiddleware, PresetMiddleware
+from tiler.middleware import CachedTileMiddleware, PresetMiddleware, WMTSMiddleware
+from tiler.params import refuse_repeated_parameters
 from tiler.presets import PresetRegistry
 from tiler.processing import CompositeProcessingFactory, ItemProcessingFactory
 from tiler.settings import Settings, get_settings
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Dynamic tiles, band math, spectral indices and cloud-free composites of "
         "Earth-observation scenes, computed per request from Cloud-Optimized GeoTIFFs.",
+        dependencies=[Depends(refuse_repeated_parameters)],
     )
     app.state.settings = settings
     app.state.catalog = catalog
@@ -72,11 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.exports = ExportService(settings, catalog, app.state.presets)
     app.state.corrector = Corrector(settings.home / "dark-values")
     app.state.limits = create_limits(settings)
-    app.state.tile_cache = (
-        TileCache(settings.cache_path, settings.cache_size_mb * 2**20) if settings.cache_size_mb else NoCache()
-    )
+    app.state.tile_cache = open_tile_cache(settings)
+    FILE_VERSIONS.s3_ttl = settings.s3_version_ttl
+    app.state.file_versions = FILE_VERSIONS
+    app.state.cache_version = code_version(settings, app.state.presets)
+    app.state.wmts_layers = wmts.LayerIndex(catalog, app.state.presets, app.state.tms, settings.composite_minzoom)
 
     errors.install(app)
+    app.add_exception_handler(wmts.OWSError, lambda request, error: error.response())
 
     app.include_router(stac_api.router)
     items = ItemTilerFactory(router_prefix=ITEM_PREFIX, supported_tms=app.state.tms)
@@ -102,8 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(CachedTileMiddleware)
     app.add_middleware(PresetMiddleware)
+    app.add_middleware(WMTSMiddleware)
     app.add_middleware(AccessMiddleware)
     app.add_middleware(
-        CORSMiddleware, allow_origins=settings.cors_origins.split(","), allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]
+        SplitCORSMiddleware, read_origins=origins(settings.cors_origins), write_origins=origins(settings.cors_write_origins)
     )
     return app

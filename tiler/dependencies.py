@@ -150,6 +150,11 @@ class RecipeParams(DefaultDependency):
     ] = None
     index: Annotated[str | None, Query(description=INDEX_DOC)] = None
 
+    def __post_init__(self):
+        """One band name per entry, so that `red,green` and `red&assets=green` are the same request."""
+        if self.assets is not None:
+            self.assets = [name.strip() for value in self.assets for name in value.split(",") if name.strip()] or None
+
 
 @dataclass
 class AssetsParams(DefaultDependency):

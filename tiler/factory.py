@@ -29,6 +29,7 @@ from titiler.core.resources.enums import ImageType
 
 from mosaics.collection_reader import CollectionReader
 from mosaics.errors import InvalidParameter
+from mosaics.fileversions import item_hrefs
 from mosaics.reader import SceneReader
 from tiler.access import token_query
 from tiler.cache import CachedTile, cache_key
@@ -163,10 +164,14 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
             started = time.perf_counter()
             size = tilesize or 256 * scale
             get_limits(request).check_tile(size, tile_params.buffer, tile_params.padding, "tilesize" if tilesize else "scale")
+            state = request.app.state
             with rasterio.Env(**env), self.reader(src_path, tms=tms, **reader_params.as_dict()) as src:
+                items = src.tile_items(x, y, z, tilesize=size, buffer=tile_params.buffer or 0)
+                files = state.file_versions.versions(item_hrefs(items))
                 key = cache_key({
-                    "path": get_route_path(request.scope), "size": size, "source": getattr(src_path, "selection", None),
-                    "catalog": src.cache_token(x, y, z), "tile": tile_params.as_dict(), "layer": layer_params.as_dict(),
+                    "code": state.cache_version, "path": get_route_path(request.scope), "size": size, "env": env,
+                    "source": getattr(src_path, "selection", None), "items": {i.id: i.version for i in items},
+                    "files": files, "tile": tile_params.as_dict(), "layer": layer_params.as_dict(),
                     "dataset": dataset_params.as_dict(), "render": render_params.as_dict(), "colormap": colormap,
                 })
                 etag = f'"{key[:40]}"'
@@ -189,9 +194,9 @@ class RecipeTilerFactory(MultiBaseTilerFactory):
                     timings["render"] = (time.perf_counter() - rendered) * 1000
                     return CachedTile(content, media_type, tile_headers(image, timings))
 
-                cached, hit = request.app.state.tile_cache.get_or_compute(key, compute)
+                cached, hit = state.tile_cache.get_or_compute(key, compute)
             if shortcut := getattr(request.state, "tile_request", None):
-                request.app.state.tile_cache.remember(shortcut, key, headers)
+                state.tile_cache.remember(shortcut, key, headers, files)
             headers.update(cached.headers)
             headers["X-Cache"] = "hit" if hit else "miss"
             if hit:

@@ -1,9 +1,13 @@
-"""Parsing of STAC API query values (bbox, datetime) into typed values; errors name the parameter."""
+"""Query parameters: parsing of STAC API values (bbox, datetime) into typed values, and the rule that a
+parameter taking one value is given once. Errors name the parameter."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from fastapi import Request
+from fastapi._compat import field_annotation_is_sequence
+from fastapi.routing import APIRoute
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
@@ -62,3 +66,30 @@ def parse_crs(text: str, parameter: str) -> CRS:
         return CRS.from_user_input(text)
     except CRSError:
         raise InvalidParameter(parameter, f"'{text}' is not a known CRS") from None
+
+
+_SINGLE_VALUED: dict[int, frozenset[str]] = {}
+
+
+def _single_valued(route: APIRoute) -> frozenset[str]:
+    """Names of the route's query parameters that take one value (FastAPI would keep the last of repeats)."""
+    if (names := _SINGLE_VALUED.get(id(route))) is None:
+        found, pending = set(), [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            found.update(f.alias for f in dependant.query_params if not field_annotation_is_sequence(f.field_info.annotation))
+            pending.extend(dependant.dependencies)
+        names = _SINGLE_VALUED[id(route)] = frozenset(found)
+    return names
+
+
+def refuse_repeated_parameters(request: Request) -> None:
+    """Every route's first dependency: 400 naming a one-value query parameter that is given more than once."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    single, seen = _single_valued(route), set()
+    for name, _ in request.query_params.multi_items():
+        if name in single and name in seen:
+            raise InvalidParameter(name, "is given more than once; it takes one value")
+        seen.add(name)

@@ -14,7 +14,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
-    """Every setting is `JEO_<NAME>` in the environment (e.g. `JEO_HOME`, `JEO_PORT`)."""
+    """Every setting is `JEO_<NAME>` in the environment (e.g. `JEO_HOME`, `JEO_PORT`).
+
+    Settings that change tile responses are part of the tile cache keys by their name prefix
+    (`tiler.cache.TILE_SETTINGS`: `composite_`, `max_`, `cache_control_`, …).
+    """
 
     model_config = SettingsConfigDict(env_prefix="JEO_", env_file=os.environ.get("JEO_CONFIG"), extra="ignore")
 
@@ -38,7 +42,12 @@ class Settings(BaseSettings):
         "are trusted (uvicorn's `forwarded_allow_ips`; `*` trusts every client)."
     )
     attribution: str = Field("Contains modified Copernicus Sentinel data", description="TileJSON/WMTS attribution.")
-    cors_origins: str = Field("*", description="Comma-separated allowed CORS origins.")
+    cors_origins: str = Field(
+        "*", description="Comma-separated origins that may read (GET, HEAD: tiles, STAC, WMTS) cross-origin; `*` = any."
+    )
+    cors_write_origins: str = Field(
+        "", description="Comma-separated origins that may POST/DELETE (exports) cross-origin; empty = same origin only."
+    )
     composite_max_items: int = Field(20, description="Default number of scenes per composite tile (`max_items`).")
     composite_max_items_cap: int = Field(100, description="Largest `max_items` a request may ask for.")
     composite_minzoom: int = Field(6, description="Lowest zoom served for composites (WebMercatorQuad-like zooms).")
@@ -70,6 +79,9 @@ class Settings(BaseSettings):
     )
     cache_control_latest: str = Field(
         "public, max-age=300", description="Cache-Control of composite tiles over open or default date ranges."
+    )
+    s3_version_ttl: float = Field(
+        30.0, description="Seconds an S3 asset's ETag/LastModified (part of tile cache keys) is reused before asking again."
     )
     read_threads: int = Field(8, description="Threads per process reading scene windows (GDAL releases the GIL).")
     processing_max_pixels: int = Field(
