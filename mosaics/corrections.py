@@ -8,6 +8,7 @@ dark values computed once per scene from an overview and stored in `$JEO_HOME/da
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -24,6 +25,7 @@ from mosaics.models import Asset, Item
 from mosaics.reader import to_physical
 from mosaics.stac import read_text
 
+logger = logging.getLogger(__name__)
 CORRECTIONS = ("none", "s2_harmonize", "toa", "dos")
 _LANDSAT_BAND = re.compile(r"^B(\d{1,2})$")
 
@@ -77,10 +79,19 @@ def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:
 
 
 class Corrector:
-    """Applies one correction to raw DN windows; keeps DOS dark values in a shared on-disk store."""
+    """Applies one correction to raw DN windows; keeps DOS dark values in a shared on-disk store.
+
+    Without a usable store (none given, or its directory cannot be opened or written: read-only or full
+    disk) dark values are computed per request instead, with a warning; corrections never fail for it."""
 
     def __init__(self, store: Path | None = None):
-        self._dark = Cache(str(store), size_limit=64 * 2**20) if store else None
+        self._dark: Cache | None = None
+        if store is not None:
+            try:
+                self._dark = Cache(str(store), size_limit=64 * 2**20)
+            except Exception as error:  # noqa: BLE001 - a read-only or full home must not stop the server
+                logger.warning("dark-value store %s cannot be opened (%s: %s); dark values are not stored",
+                               store, type(error).__name__, error)
 
     def physical(self, correction: str, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
         """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
@@ -106,14 +117,17 @@ class Corrector:
 
     def dark_value(self, item: Item, key: str) -> float:
         """The scene's DOS1 dark value for one band, from a ≤ 512 px overview, computed once and stored."""
-        if self._dark is None:
-            raise InvalidParameter("correction", "dos needs a dark-value store (none configured)")
         files = FILE_VERSIONS.versions([item.assets[k].href for k in (key, "mtl") if k in item.assets])
         cache_key = (item.collection, item.id, item.version, key, *files.values())
-        if (value := self._dark.get(cache_key)) is None:
-            with PooledReader(gdal_path(item.assets[key].href)) as src:
-                overview = src.preview(max_size=512)
-            toa = self._toa_like(item, [key], overview.array.data)
-            value = float(kernels.dark_object_values(toa, ~overview.array.mask[0])[0])
-            self._dark.set(cache_key, value)
+        if self._dark is not None and (value := self._dark.get(cache_key)) is not None:
+            return value
+        with PooledReader(gdal_path(item.assets[key].href)) as src:
+            overview = src.preview(max_size=512)
+        toa = self._toa_like(item, [key], overview.array.data)
+        value = float(kernels.dark_object_values(toa, ~overview.array.mask[0])[0])
+        if self._dark is not None:
+            try:
+                self._dark.set(cache_key, value)
+            except Exception as error:  # noqa: BLE001 - an unwritable store only costs a recomputation
+                logger.warning("dark value of %s/%s not stored (%s: %s)", item.id, key, type(error).__name__, error)
         return value

@@ -101,3 +101,27 @@ def test_read_only_cache_directory_at_start(home, tmp_path):
     with tmpfs(cache, "ro,size=1m"), serving(home, cache) as server:
         assert served(server, [tile_url(TILES[0])] * 2) == ["miss", "miss"]
     assert "cannot be opened" in log_text(server) and "serving tiles uncached" in log_text(server)
+
+
+def test_read_only_dark_value_store(shared_data, tmp_path, server):
+    """A read-only `$JEO_HOME/dark-values` neither stops the server nor fails `correction=dos`: the dark values
+    are computed per request, and the tiles equal those of a server whose store works."""
+    landsat = "landsat-8-l1"
+    home = tmp_path / "home"
+    home.mkdir()
+    Catalog(home / "catalog.db").ingest(shared_data / landsat / "collection.json")
+    tile = morecantile.tms.get("WebMercatorQuad").tile(-87.45, 30.70, 13)
+    url = (f"/collections/{landsat}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy"
+           "?assets=blue&method=first&correction=dos&cloud_mask=none")
+    with tmpfs(home / "dark-values", "ro,size=1m"):
+        read_only = start_server(home, env={"JEO_CACHE_SIZE_MB": "0"})
+        try:
+            responses = [read_only.get(url) for _ in range(2)]
+        finally:
+            stop_server(read_only)
+    expected = server.get(url)
+    assert expected.status_code == 200, expected.text
+    for response in responses:
+        assert response.status_code == 200, response.text
+        assert response.content == expected.content
+    assert "dark-value store" in log_text(read_only)
