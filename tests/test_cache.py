@@ -125,6 +125,7 @@ def test_corrupted_entry_is_a_miss(cached):
     server, _, home = cached
     url = item_tile(OTHER, WM.tile(16.1, 46.3, 11))
     original = server.get(url)
+    assert server.get(url).headers["X-Cache"] == "hit"  # stored (after the first response)
     cache = Cache(str(home / "tile-cache"))
     key = next(k for k in cache.iterkeys() if k.startswith(original.headers["ETag"].strip('"')))
     blob = cache.get(key)

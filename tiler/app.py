@@ -46,11 +46,12 @@ def catalog_epsg_codes(catalog: Catalog) -> set[int]:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     """Warm the numba kernels, start the export service (reconciles exports left by an earlier run);
-    stop it on shutdown."""
+    stop it and store the tiles still queued for the tile cache on shutdown."""
     algorithms.warmup(stack_dtypes=(np.float32,))
     app.state.exports.start()
     yield
     app.state.exports.stop()
+    app.state.tile_cache.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

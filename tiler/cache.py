@@ -10,6 +10,10 @@ name, repeated ones in their order) with the code version and its collection's v
 the tile it got and the file versions that tile was computed from (`request_key`, `remember`, `lookup`).
 A changed collection or file makes the shortcut lapse, and the full key decides again.
 
+Stores happen after the response: a computed tile is handed to the process's `WriteQueue`, which stores
+it and only then releases the tile's lock, so concurrent requests for it still wait and reuse it. When
+the queue is full (a slow disk), the tile is not stored.
+
 The cache never fails a request: when its directory cannot be opened, is full or read-only, tiles are
 computed and served uncached and a warning is logged (once per `BYPASS_SECONDS`).
 """
@@ -37,6 +41,7 @@ from diskcache import Cache, Lock
 
 from mosaics.fileversions import FileVersions
 from tiler import __version__
+from tiler.cachewriter import WriteQueue
 from tiler.presets import PresetRegistry
 from tiler.settings import Settings
 
@@ -114,8 +119,9 @@ class TileCache:
 
     enabled = True
 
-    def __init__(self, directory: Path, size_limit: int):
+    def __init__(self, directory: Path, size_limit: int, write_queue_bytes: int = 64 * 2**20):
         self.cache = Cache(str(directory), size_limit=size_limit, eviction_policy="least-recently-stored")
+        self.writes = WriteQueue(write_queue_bytes)
         self._bypass_until = 0.0
         self._failures = threading.Lock()
 
@@ -166,19 +172,35 @@ class TileCache:
             return compute(), False
         try:
             if (tile := self.get(key)) is not None:
+                self._write("unlock", lock.release)
                 return tile, True
             tile = compute()
-            logger.info("tile computed %s", key)
-            self._write("store", self.cache.set, key, _pack(tile))
-            return tile, False
-        finally:
+        except BaseException:
             self._write("unlock", lock.release)
+            raise
+        logger.info("tile computed %s", key)
+        blob = _pack(tile)
+
+        def store() -> None:
+            try:
+                self._write("store", self.cache.set, key, blob)
+            finally:
+                self._write("unlock", lock.release)
+
+        if not self.writes.submit(len(blob), store):
+            self._write("unlock", lock.release)
+        return tile, False
 
     def remember(self, request: str, key: str, headers: dict[str, str], files: dict[str, str]) -> None:
         """Let `request` (a `request_key`) find the tile stored under `key`, with these response headers, as
-        long as the files it was computed from keep these versions."""
+        long as the files it was computed from keep these versions (stored after the tile)."""
         if self.writable:
-            self._write("store", self.cache.set, request, json.dumps({"key": key, "headers": headers, "files": files}))
+            alias = json.dumps({"key": key, "headers": headers, "files": files})
+            self.writes.submit(len(alias), lambda: self._write("store", self.cache.set, request, alias))
+
+    def close(self) -> None:
+        """Store the queued tiles, then stop writing."""
+        self.writes.close()
 
     def lookup(self, request: str, versions: FileVersions) -> tuple[CachedTile, dict[str, str]] | None:
         """The tile and response headers remembered for `request`, or None (also when a file changed)."""
@@ -204,6 +226,9 @@ class NoCache(TileCache):
     def remember(self, request: str, key: str, headers: dict[str, str], files: dict[str, str]) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def get_or_compute(self, key: str, compute: Callable[[], CachedTile]) -> tuple[CachedTile, bool]:
         return compute(), False
 
@@ -213,7 +238,7 @@ def open_tile_cache(settings: Settings) -> TileCache:
     if not settings.cache_size_mb:
         return NoCache()
     try:
-        return TileCache(settings.cache_path, settings.cache_size_mb * 2**20)
+        return TileCache(settings.cache_path, settings.cache_size_mb * 2**20, settings.cache_write_queue_mb * 2**20)
     except Exception as error:  # noqa: BLE001 - a full or read-only disk must not stop the server
         logger.warning("tile cache %s cannot be opened (%s: %s); serving tiles uncached",
                        settings.cache_path, type(error).__name__, error)

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(None, description="Tile cache directory; default `$JEO_HOME/tile-cache`.")
     cache_size_mb: int = Field(1024, description="Tile cache size limit in MiB (0 disables the cache).")
+    cache_write_queue_mb: int = Field(
+        64, ge=1, description="Rendered tiles waiting to be stored in the tile cache, in MiB; beyond it tiles are served unstored."
+    )
     cache_control_item: str = Field(
         "public, max-age=86400", description="Cache-Control of single-item tiles (immutable per item version)."
     )
