@@ -77,6 +77,7 @@ class CollectionReader(SpatialMixin):
         self.minzoom = self.minzoom if self.minzoom is not None else max(self.input.minzoom, self.tms.minzoom)
         self.maxzoom = self.maxzoom if self.maxzoom is not None else (native.maxzoom if native else self.tms.maxzoom)
         self._latest = latest
+        self._selected: dict[Grid, list[Item]] = {}
 
     def __enter__(self):
         return self
@@ -85,9 +86,15 @@ class CollectionReader(SpatialMixin):
         pass
 
     def tile_items(self, tile_x: int, tile_y: int, tile_z: int, tilesize: int = 256, buffer: float = 0) -> list[Item]:
-        """The items a tile is computed from (its cache key holds their versions): the scenes selected for it."""
-        grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer)
-        return candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
+        """The items a tile is computed from (its cache key holds their versions): the scenes selected for it,
+        which its composite then reads (one search per tile)."""
+        return self._candidates(Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer))
+
+    def _candidates(self, grid: Grid) -> list[Item]:
+        """The scenes selected for `grid`, searched once per reader."""
+        if (found := self._selected.get(grid)) is None:
+            found = self._selected[grid] = candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
+        return found
 
     def tile(
         self,
@@ -128,8 +135,8 @@ class CollectionReader(SpatialMixin):
         """The composite on any grid (a tile, an area subset); `metadata` as for tiles."""
         with self._admit(recipe, compositing, grid, image=True):
             result = composite(
-                self.input.catalog, self.input.collection.id, grid,
-                recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
+                self.input.catalog, self.input.collection.id, grid, recipe, compositing, self.input.selection,
+                self.input.pool, read_options, self.input.corrector, self._selected.get(grid),
             )
         return ImageData(
             np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),

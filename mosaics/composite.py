@@ -268,10 +268,11 @@ def observe(
     pool: ThreadPoolExecutor,
     read_options: dict | None = None,
     corrector: Corrector | None = None,
+    items: list[Item] | None = None,
 ) -> Observations:
     """Read every selected scene that touches `grid` (or a (lon, lat) point): physical bands, masks, corrections.
 
-    Unreadable scenes are skipped and reported. With `method=first`, scenes are read in order, in batches of
+    `items` are the `candidates` when the caller already selected them. Unreadable scenes are skipped and reported. With `method=first`, scenes are read in order, in batches of
     1, 2, 4, …, until every pixel has a usable observation.
     """
     timings = Timings()
@@ -281,7 +282,7 @@ def observe(
     margin = 0 if point else compositing.mask_dilation  # dilation sees the masks beyond the grid's edge
     read_window = point_read(*grid) if point else grid_read(grid, margin)
     with timings.stage("catalog"):
-        items = candidates(catalog, collection_id, grid, selection)
+        items = candidates(catalog, collection_id, grid, selection) if items is None else items
     if not items:
         raise NotFound("items", collection_id, "no scene matches the area and filters")
     scenes: list[Observation] = []
@@ -321,12 +322,13 @@ def composite(
     pool: ThreadPoolExecutor,
     read_options: dict | None = None,
     corrector: Corrector | None = None,
+    items: list[Item] | None = None,
 ) -> CompositeResult:
-    """Composite every selected scene that touches `grid` (or a (lon, lat) point).
+    """Composite every selected scene that touches `grid` (or a (lon, lat) point); `items` as for `observe`.
 
     Unreadable scenes are skipped and reported.
     """
-    observed = observe(catalog, collection_id, grid, recipe, compositing, selection, pool, read_options, corrector)
+    observed = observe(catalog, collection_id, grid, recipe, compositing, selection, pool, read_options, corrector, items)
     items, names, scenes, timings = observed.items, observed.names, observed.scenes, observed.timings
     with timings.stage("mask"):
         stack = np.stack([s.bands for s in scenes])

@@ -29,11 +29,24 @@ def utm_tms(epsg: int) -> TileMatrixSet:
     return TileMatrixSet.model_validate(body)
 
 
-def supported_tms(epsg_codes: Iterable[object]) -> TileMatrixSets:
+class SharedTileMatrixSets(TileMatrixSets):
+    """morecantile's registry, but `get` answers one shared TileMatrixSet per identifier instead of a deep copy
+    per call (~7 ms a tile): jeo-tiler never modifies them, and their pyproj transformers are thread-safe."""
+
+    def get(self, identifier: str) -> TileMatrixSet:
+        """The registered TileMatrixSet (InvalidIdentifier if unknown), loaded on first use."""
+        found = self.tilematrixsets.get(identifier)
+        if not isinstance(found, TileMatrixSet):
+            found = self.tilematrixsets[identifier] = super().get(identifier)
+        return found
+
+
+def supported_tms(epsg_codes: Iterable[object]) -> SharedTileMatrixSets:
     """morecantile's default sets plus UTM quads for the UTM zones among `epsg_codes` (other values are ignored,
     so that a bad `proj:epsg` in the catalog never stops the server from starting)."""
     utm = [utm_tms(code) for code in sorted({code for code in epsg_codes if is_utm(code)})]
-    return morecantile.tms.register({t.id: t for t in utm if t.id not in morecantile.tms.list()})
+    registered = morecantile.tms.register({t.id: t for t in utm if t.id not in morecantile.tms.list()})
+    return SharedTileMatrixSets(dict(registered.tilematrixsets))
 
 
 def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:

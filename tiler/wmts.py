@@ -139,7 +139,6 @@ class LayerIndex:
         self._version: dict[str, str] | None = None
         self._layers: dict[str, Layer] = {}
         self._xml: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        self._tms: dict[str, TileMatrixSet] = {}
         self._limits: dict[tuple[str, tuple[float, float, float, float], int], tuple[int, int, int, int]] = {}
 
     def layers(self) -> dict[str, Layer]:
@@ -154,10 +153,8 @@ class LayerIndex:
             return self._layers
 
     def tms(self, tms_id: str) -> TileMatrixSet:
-        """A tile matrix set (morecantile's registry returns a deep copy on every `get`)."""
-        if (tms := self._tms.get(tms_id)) is None:
-            tms = self._tms[tms_id] = self.tms_sets.get(tms_id)
-        return tms
+        """A tile matrix set of the index's registry."""
+        return self.tms_sets.get(tms_id)
 
     def limits(self, tms_id: str, bbox: tuple[float, float, float, float], z: int) -> tuple[int, int, int, int]:
         """`tile_limits` of a layer's bounding box, computed once per index."""
