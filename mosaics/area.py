@@ -131,21 +131,21 @@ class Area:
         width: int | None = None,
         height: int | None = None,
         max_size: int | None = None,
+        crs_field: str = "dst_crs",
     ) -> Grid:
-        """The output grid covering the area (see the module docstring); `native` is the data's finest asset."""
+        """The output grid covering the area (see the module docstring); `native` is the data's finest asset,
+        `crs_field` the request field of `crs` (for errors)."""
         if native is None and (crs is None or (resolution is None and width is None)):
-            raise InvalidParameter("dst_crs", "the data has no projection metadata: give dst_crs and resolution")
-        native_crs = CRS.from_epsg(native.epsg) if native is not None else None
-        out_crs = crs or native_crs
-        if not (out_crs.is_projected or out_crs.is_geographic):
-            raise InvalidParameter("dst_crs", f"'{out_crs.to_string()}' is neither projected nor geographic")
+            raise InvalidParameter(crs_field, f"the data has no projection metadata: give {crs_field} and resolution")
+        out_crs = output_crs(native, crs, crs_field)
         bounds = self.bounds_in(out_crs)
         if width is not None or height is not None:
             if self.is_point or width is None or height is None or width < 1 or height < 1:
                 raise InvalidParameter("width", f"{width}x{height}: give both, positive, for an area")
             return Grid(bounds, out_crs, width, height)
-        res = self._resolution(native, native_crs, out_crs, resolution)
-        origin = (native.transform[2], native.transform[5]) if native is not None and out_crs == native_crs else (0, 0)
+        res = pixel_size(native, out_crs, resolution, crs_field)
+        same = native is not None and out_crs == CRS.from_epsg(native.epsg)
+        origin = (native.transform[2], native.transform[5]) if same else (0, 0)
         if self.is_point:  # the pixel containing it, as rasterio's `index` finds it
             left = origin[0] + math.floor((bounds[0] - origin[0]) / res[0]) * res[0]
             top = origin[1] - math.floor((origin[1] - bounds[1]) / res[1]) * res[1]
@@ -161,27 +161,6 @@ class Area:
             cols, rows = max(1, round(cols / ratio)), max(1, round(rows / ratio))
         return Grid((left, bottom, right, top), out_crs, cols, rows)
 
-    @staticmethod
-    def _resolution(
-        native: Asset | None, native_crs: CRS | None, out_crs: CRS, resolution: float | Sequence[float] | None
-    ) -> tuple[float, float]:
-        if resolution is not None:
-            values = [resolution] * 2 if isinstance(resolution, (int, float)) else list(resolution)
-            if len(values) != 2 or not _finite(values) or min(values) <= 0:
-                raise InvalidParameter("resolution", f"expected a positive number or [x, y], got {resolution!r}")
-            return float(values[0]), float(values[1])
-        transform = Affine(*native.transform[:6])
-        if out_crs == native_crs:
-            return abs(transform.a), abs(transform.e)
-        rows, cols = native.shape
-        try:
-            default, _, _ = rasterio.warp.calculate_default_transform(
-                native_crs, out_crs, cols, rows, *array_bounds(rows, cols, transform)
-            )
-        except Exception as error:  # PROJ errors
-            raise InvalidParameter("dst_crs", f"cannot reproject the native grid to {out_crs.to_string()}: {error}") from None
-        return abs(default.a), abs(default.e)
-
     def inside(self, grid: Grid) -> np.ndarray:
         """`bool[H, W]`: grid pixels whose centre is in the area (every pixel for a point's grid)."""
         if self.is_point:
@@ -190,6 +169,36 @@ class Area:
         if grid.crs != self.crs:
             geometry = rasterio.warp.transform_geom(self.crs, grid.crs, geometry)
         return geometry_mask([geometry], out_shape=(grid.height, grid.width), transform=grid.transform, invert=True)
+
+
+def output_crs(native: Asset | None, crs: CRS | None, crs_field: str = "dst_crs") -> CRS:
+    """`crs`, by default the native grid's; InvalidParameter naming `crs_field` unless projected or geographic."""
+    out_crs = crs or CRS.from_epsg(native.epsg)
+    if not (out_crs.is_projected or out_crs.is_geographic):
+        raise InvalidParameter(crs_field, f"'{out_crs.to_string()}' is neither projected nor geographic")
+    return out_crs
+
+
+def pixel_size(
+    native: Asset | None, out_crs: CRS, resolution: float | Sequence[float] | None = None, crs_field: str = "dst_crs"
+) -> tuple[float, float]:
+    """The output pixel size: `resolution` (a number or [x, y]), by default the native grid's in `out_crs`."""
+    if resolution is not None:
+        values = [resolution] * 2 if isinstance(resolution, (int, float)) else list(resolution)
+        if len(values) != 2 or not _finite(values) or min(values) <= 0:
+            raise InvalidParameter("resolution", f"expected a positive number or [x, y], got {resolution!r}")
+        return float(values[0]), float(values[1])
+    native_crs, transform = CRS.from_epsg(native.epsg), Affine(*native.transform[:6])
+    if out_crs == native_crs:
+        return abs(transform.a), abs(transform.e)
+    rows, cols = native.shape
+    try:
+        default, _, _ = rasterio.warp.calculate_default_transform(
+            native_crs, out_crs, cols, rows, *array_bounds(rows, cols, transform)
+        )
+    except Exception as error:  # PROJ errors
+        raise InvalidParameter(crs_field, f"cannot reproject the native grid to {out_crs.to_string()}: {error}") from None
+    return abs(default.a), abs(default.e)
 
 
 def _snap(low: float, high: float, origin: float, res: float) -> tuple[float, float]:

@@ -308,7 +308,7 @@ def observe(
         else:
             scenes = [s for s in pool.map(read, items) if s is not None]
     if not scenes:
-        raise SceneReadError(",".join(skipped) or "-", "*", "every scene of the tile failed to read")
+        raise SceneReadError(",".join(skipped) or "-", "*", "every scene of the tile failed to read", skipped)
     return Observations(items, list(_keys(recipe, compositing, items[0])), scenes, skipped, timings)
 
 

@@ -62,6 +62,7 @@ class SceneReadError(JeoError):
     The message names the item and asset; file paths in `cause` are reduced to file names.
     """
 
-    def __init__(self, item_id: str, asset: str, cause: str):
+    def __init__(self, item_id: str, asset: str, cause: str, skipped: dict[str, str] | None = None):
         self.item_id, self.asset = item_id, asset
+        self.skipped = skipped or {}  # with asset "*": each unreadable scene's own error (item id → message)
         super().__init__(f"item '{item_id}' asset '{asset}': {redact_paths(cause)}")

@@ -29,7 +29,7 @@ import pytest
 import rasterio
 
 from tests.conftest import REPO_ROOT, Server, _free_port, start_server, stop_server
-from tests.test_exports import TILE_BBOX, post, read, submit, validate_cog
+from tests.test_exports import TILE_BBOX, post, read, result_file, submit, validate_cog
 
 C = "sentinel-2-l2a-timeseries"
 DAMAGED = "sentinel-2-l2a-damaged"  # the time series with one truncated and one missing COG
@@ -235,7 +235,7 @@ def fserver(tmp_path_factory, shared_data, cluster, s3, proxy) -> Server:
 def reference(fserver) -> np.ndarray:
     """The whole tile in one chunk, computed without interruption: what every interrupted export must equal."""
     record = finished(fserver, submit(fserver, {**WHOLE, "executor": "local", "chunk_size": 1024})["id"])
-    return read(record["result"])
+    return read(result_file(fserver, record))
 
 
 def wait(server: Server, export_id: str, until=TERMINAL, timeout: float = 300, check=None) -> dict:
@@ -296,7 +296,7 @@ def test_corrupt_and_missing_cogs_are_skipped_and_named(fserver):
     pruned = finished(fserver, submit(fserver, {**WHOLE, "collection": PRUNED, "executor": "local", "chunk_size": 1024,
                                                 "destination": "damaged/pruned"})["id"])
     assert pruned["skipped"] == {}
-    assert np.array_equal(read(record["result"]), read(pruned["result"]), equal_nan=True)
+    assert np.array_equal(read(result_file(fserver, record)), read(result_file(fserver, pruned)), equal_nan=True)
     failing = wait(fserver, submit(fserver, {**body, "destination": "damaged/strict", "on_error": "fail",
                                              "chunk_size": 1024})["id"])
     assert failing["status"] == "failed" and failing["error"].startswith("chunk "), failing
@@ -311,19 +311,19 @@ SMALL = {**RECIPE, "collection": C, "bbox": [15.5, 46.2, 15.6, 46.3], "executor"
 
 def test_existing_destinations_are_refused_unless_overwrite(fserver, s3):
     first = finished(fserver, submit(fserver, {**SMALL, "destination": "taken/one"})["id"])
-    before = Path(first["result"]).read_bytes()
+    before = result_file(fserver, first).read_bytes()
     listed = fserver.get("/exports", params={"limit": 1000}).json()["numberReturned"]
     again = post(fserver, {**SMALL, "destination": "taken/one.tif"})
     assert again.status_code == 409 and again.json()["detail"].startswith("destination:"), again.text
     assert "overwrite" in again.text and str(fserver.home) not in again.text
     assert fserver.get("/exports", params={"limit": 1000}).json()["numberReturned"] == listed  # nothing stored
-    assert Path(first["result"]).read_bytes() == before
+    assert result_file(fserver, first).read_bytes() == before
     replaced = finished(fserver, submit(fserver, {**SMALL, "index": "ndvi", "assets": None,
                                                   "destination": "taken/one", "overwrite": True})["id"])
     assert replaced["result"] == first["result"]
-    with rasterio.open(replaced["result"]) as src:
+    with rasterio.open(result_file(fserver, replaced)) as src:
         assert src.tags()["JEO_EXPORT_ID"] == replaced["id"] and src.descriptions == ("ndvi",)
-    from tiler.exports.models import DestinationConflict
+    from tiler.exports.plan import DestinationConflict
     from tiler.exports.service import ExportService
     from tiler.settings import Settings
 
@@ -332,7 +332,7 @@ def test_existing_destinations_are_refused_unless_overwrite(fserver, s3):
                                                           created_by="somebody-else", run_local=False)
     gone = fserver.get(f"/exports/{first['id']}/result")  # the first export's result is no longer its own
     assert gone.status_code == 410 and replaced["id"] in gone.json()["detail"]
-    assert fserver.get(f"/exports/{replaced['id']}/result").content == Path(replaced["result"]).read_bytes()
+    assert fserver.get(f"/exports/{replaced['id']}/result").content == result_file(fserver, replaced).read_bytes()
     key = f"taken/{first['id']}.tif"
     s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"somebody else's object")
     taken = post(fserver, {**SMALL, "destination": f"s3://{s3.bucket}/{key}"})
@@ -397,8 +397,8 @@ def test_sigkill_of_the_server_mid_export_then_restart(fserver, cluster, s3, pro
     for export in (local, slurm):
         record = finished(fserver, export["id"])
         assert_merged_once(fserver, record)
-        validate_cog(record["result"])
-        assert np.array_equal(read(record["result"]), reference, equal_nan=True)
+        validate_cog(result_file(fserver, record))
+        assert np.array_equal(read(result_file(fserver, record)), reference, equal_nan=True)
     assert fserver.get(f"/exports/{local['id']}").json()["chunks"][0]["status"] == "done"
     resumed = database.execute("SELECT attempts FROM exports WHERE id = ?", (local["id"],)).fetchone()[0]
     assert resumed == 1
@@ -438,7 +438,7 @@ def test_leases_fence_a_process_that_lost_its_lease(tmp_path):
     """Store level: a lease held by a live process cannot be taken; once the process is gone it can, with a new
     token, and the old token can no longer record chunks, claim chunks or finish the export."""
     from tiler.exports.leases import MERGE, RUN, process_token
-    from tiler.exports.models import ExportPlan, ExportRecord, now
+    from tiler.exports.plan import ExportPlan, ExportRecord, now
     from tiler.exports.store import ExportStore
 
     store = ExportStore(tmp_path / "catalog.db", lease_timeout=4)
@@ -511,7 +511,7 @@ def test_slurm_node_failure_and_preemption_are_retried_then_fail_the_export(fser
     assert len(done["retries"]) == 1 and "NODE_FAIL" in done["retries"][0]["reason"], done["retries"]
     assert len(done["jobs"]) == 4
     assert_merged_once(fserver, done)
-    assert np.array_equal(read(done["result"]), reference, equal_nan=True)
+    assert np.array_equal(read(result_file(fserver, done)), reference, equal_nan=True)
 
     record = submit(fserver, {**WHOLE, "executor": "slurm", "destination": "nodefail/exhausted"})
     running_task(cluster, record)
@@ -551,7 +551,7 @@ def test_slurmctld_shutdown_and_restart_mid_export(fserver, cluster, reference):
     cluster.run("bash", "scripts/slurm-start.sh")
     done = finished(fserver, record["id"])
     assert_merged_once(fserver, done)
-    assert np.array_equal(read(done["result"]), reference, equal_nan=True)
+    assert np.array_equal(read(result_file(fserver, done)), reference, equal_nan=True)
 
 
 def test_missing_slurm_tools_are_a_400_naming_executor(monkeypatch, tmp_path):

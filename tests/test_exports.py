@@ -158,6 +158,12 @@ def read(path: str | Path) -> np.ndarray:
         return src.read()
 
 
+def result_file(server: Server, record: dict) -> Path:
+    """The file of a finished local export: the API names it under the export root, never by its server path."""
+    assert not Path(record["result"]).is_absolute() and record["destination"] == record["result"], record
+    return server.home / "exports" / record["result"]
+
+
 def validate_cog(path: str | Path) -> None:
     """`rio cogeo validate` (the CLI) and rio-cogeo's API agree that it is a COG."""
     result = subprocess.run([str(RIO), "cogeo", "validate", str(path)], capture_output=True, text=True)
@@ -324,7 +330,8 @@ def test_local_export_is_a_cog_equal_to_the_composite_tiles(xserver, whole, tmp_
     record = finished(xserver, whole["local"]["id"])
     assert record["progress"] == {"chunks_done": 4, "chunks_total": 4, "fraction": 1.0}
     assert record["created"] <= record["started"] <= record["finished"]
-    path = Path(record["result"])
+    path = result_file(xserver, record)
+    assert record["result"] == f"{record['id']}.tif"
     validate_cog(path)
     with rasterio.open(path) as src:
         assert (src.crs.to_epsg(), src.width, src.height, src.count, src.dtypes[0]) == (32633, 915, 915, 3, "float32")
@@ -348,7 +355,7 @@ def test_local_export_is_a_cog_equal_to_the_composite_tiles(xserver, whole, tmp_
 
 
 def test_chunked_export_has_no_seams(xserver, whole, s3, tmp_path):
-    chunked = read(finished(xserver, whole["local"]["id"])["result"])
+    chunked = read(result_file(xserver, finished(xserver, whole["local"]["id"])))
     single_record = finished(xserver, whole["single"]["id"])
     single_path = tmp_path / "single.tif"
     s3.client.download_file(s3.bucket, single_record["result"].split("/", 3)[3], str(single_path))
@@ -375,10 +382,10 @@ def test_slurm_export_runs_an_array_and_a_merge_job(xserver, whole):
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
             times[fields.get("ArrayTaskId") or job] = (fields["StartTime"], fields["EndTime"])
     assert times[merge][0] >= max(end for task, (_, end) in times.items() if task != merge), times
-    validate_cog(record["result"])
+    validate_cog(result_file(xserver, record))
     assert not live_jobs(record["jobs"])
-    local = read(finished(xserver, whole["local"]["id"])["result"])
-    assert np.array_equal(read(record["result"]), local, equal_nan=True)
+    local = read(result_file(xserver, finished(xserver, whole["local"]["id"])))
+    assert np.array_equal(read(result_file(xserver, record)), local, equal_nan=True)
 
 
 def test_stac_item_and_listing(xserver, whole):
@@ -439,6 +446,7 @@ def test_failing_chunk_fails_the_export_with_its_log_tail(xserver, executor):
     assert record["error"].startswith("chunk ") and BROKEN_ITEM in record["error"]
     assert BROKEN_ITEM in record["log_tail"] and "Traceback" in record["log_tail"]
     assert "B04.tif" in record["log_tail"] or "red" in record["log_tail"]
+    assert str(xserver.home) not in json.dumps(record) and str(REPO_ROOT) not in record["log_tail"]
     assert not (xserver.home / "exports" / "broken" / f"{executor}.tif").exists()
     if executor == "slurm":
         deadline = time.monotonic() + 60

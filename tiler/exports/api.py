@@ -18,8 +18,9 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 
 from mosaics.errors import NotFound
 from tiler.access import caller, catalog_view
-from tiler.exports.merge import delivered_by, presign
-from tiler.exports.models import DestinationConflict, ExportRecord, ExportRequest
+from tiler.exports.destinations import delivered_by, presign
+from tiler.exports.plan import DestinationConflict, ExportRecord
+from tiler.exports.request import ExportRequest
 from tiler.exports.service import ExportService
 
 router = APIRouter(prefix="/exports", tags=["Exports"])
@@ -45,7 +46,7 @@ def _base(request: Request) -> str:
 
 
 def record_json(request: Request, record: ExportRecord, chunks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """An export as the API shows it."""
+    """An export as the API shows it: destination and result as S3 URLs or paths under the export root."""
     base = f"{_base(request)}/exports/{record.id}"
     plan = record.plan
     links = [
@@ -59,6 +60,8 @@ def record_json(request: Request, record: ExportRecord, chunks: list[dict[str, A
         ]
     return {
         **record.summary(),
+        "destination": result_location(request, plan.result_href),
+        "result": result_location(request, record.result),
         "request": record.request,
         **({"chunks": chunks} if chunks is not None else {}),
         "links": links,
@@ -69,7 +72,7 @@ def result_location(request: Request, result: str | None) -> str | None:
     """Where the result is stored, without server paths: the S3 URL, or the path under the export root."""
     if result is None or result.startswith("s3://"):
         return result
-    path, root = FilePath(result), request.app.state.settings.export_root_path
+    path, root = FilePath(result), FilePath(request.app.state.settings.export_root_path).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 

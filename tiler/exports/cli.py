@@ -219,33 +219,26 @@ def export_run(export_id):
 @click.option("--lease", type=int, help="With --all: the run lease token of the process that started this worker.")
 def export_worker(export_id, chunk, claiming, lease):
     """Compute chunks of an export (run by the executors)."""
-    from mosaics.catalog import Catalog
-    from tiler.exports.store import ExportStore
-    from tiler.exports.worker import run_chunk, run_claiming
+    from tiler.exports import jobs
 
-    settings = get_settings()
-    store = ExportStore(settings.database_path, settings.export_lease_timeout)
-    catalog = Catalog(settings.catalog_location)
     if claiming:
         if lease is None:
             raise click.UsageError("--all needs --lease")
-        sys.exit(run_claiming(store, catalog, export_id, lease, settings.read_threads))
+        sys.exit(jobs.pool_worker(get_settings(), export_id, lease))
     if chunk is None:
         if "SLURM_ARRAY_TASK_ID" not in os.environ:
             raise click.UsageError("--chunk or --all is required outside a SLURM array job")
         chunk = int(os.environ["SLURM_ARRAY_TASK_ID"])
-    sys.exit(run_chunk(store, catalog, export_id, chunk, settings.read_threads))
+    sys.exit(jobs.chunk_job(get_settings(), export_id, chunk))
 
 
 @click.command("export-merge")
 @click.option("--export", "export_id", required=True, help="Export id.")
 def export_merge(export_id):
     """Merge an export's chunks into the result and deliver it (run by the executors)."""
-    from tiler.exports.merge import run_merge
-    from tiler.exports.store import ExportStore
+    from tiler.exports import jobs
 
-    settings = get_settings()
-    sys.exit(run_merge(ExportStore(settings.database_path, settings.export_lease_timeout), export_id))
+    sys.exit(jobs.merge_job(get_settings(), export_id))
 
 
 COMMANDS = (export, export_status, export_cancel, export_run, export_worker, export_merge)

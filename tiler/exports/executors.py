@@ -22,7 +22,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -31,30 +30,13 @@ from pathlib import Path
 from typing import IO
 
 from mosaics.errors import InvalidParameter
+from tiler.exports.jobs import merge_command, worker_command
 from tiler.exports.leases import RUN, process_token
-from tiler.exports.merge import remove_partials
-from tiler.exports.models import ACTIVE, ExportRecord, now, redact
+from tiler.exports.plan import ACTIVE, ExportRecord, now, redact
 from tiler.exports.store import ExportStore
-from tiler.exports.worker import chunk_log, chunk_path, logs_dir, merge_log, tail
+from tiler.exports.workdir import chunk_log, chunk_path, logs_dir, merge_log, remove_partials, tail, worker_log
 
 logger = logging.getLogger(__name__)
-
-
-def worker_log(plan, slot: int) -> Path:
-    """Output of local worker process `slot` outside its chunks (start-up errors)."""
-    return logs_dir(plan) / f"worker-{slot}.log"
-
-
-def worker_command(export_id: str, chunk: int | str | None = None, lease: int | None = None) -> list[str]:
-    """The command computing chunk `chunk` (None: taking chunks for the holder of `run` lease `lease` until none
-    is left, then merging)."""
-    base = [sys.executable, "-m", "tiler.cli", "export-worker", "--export", export_id]
-    return base + (["--all", "--lease", str(lease)] if chunk is None else ["--chunk", str(chunk)])
-
-
-def merge_command(export_id: str) -> list[str]:
-    """The command merging an export's chunks."""
-    return [sys.executable, "-m", "tiler.cli", "export-merge", "--export", export_id]
 
 
 # --- local ------------------------------------------------------------------------------------------

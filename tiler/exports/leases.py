@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +96,17 @@ class Heartbeat:
                     return
             except Exception:  # noqa: BLE001 - a busy database: try again at the next beat
                 continue
+
+
+@contextmanager
+def terminate_as_exit():
+    """SIGTERM (scancel, pool shutdown, a lost lease) raises SystemExit so that `finally` blocks clean up."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

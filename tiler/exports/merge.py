@@ -12,103 +12,24 @@ lease token; if it was canceled meanwhile, the delivered file is removed again.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 from xml.sax.saxutils import escape
 
 import rasterio
-import rasterio.errors
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
-from mosaics.errors import InvalidParameter
-from tiler.exports.leases import MERGE, Heartbeat, process_token
-from tiler.exports.models import ACTIVE, DestinationConflict, ExportPlan, redact
+from tiler.exports.destinations import delete_result, deliver
+from tiler.exports.leases import MERGE, Heartbeat, process_token, terminate_as_exit
+from tiler.exports.plan import ACTIVE, ExportPlan, redact
 from tiler.exports.store import ExportStore
-from tiler.exports.worker import chunk_path, chunks_dir, merge_log, tail, terminate_as_exit
-
-# --- S3 -------------------------------------------------------------------------------------------
-
-
-def s3_client(destination: dict[str, Any]):
-    """A boto3 S3 client for a destination: endpoint and region from the plan, credentials from boto3's chain."""
-    import boto3
-    from botocore.config import Config
-
-    endpoint = destination.get("endpoint_url") or None
-    config = Config(
-        s3={"addressing_style": "path"} if endpoint else {},
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=120,
-        signature_version="s3v4",
-    )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=destination.get("region") or None, config=config)
-
-
-def check_bucket(destination: dict[str, Any]) -> None:
-    """InvalidParameter('destination') unless the bucket exists and is reachable with our credentials."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        s3_client(destination).head_bucket(Bucket=destination["bucket"])
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        reason = {"404": "does not exist", "NoSuchBucket": "does not exist", "403": "access denied"}.get(code, str(error))
-        raise InvalidParameter("destination", f"bucket '{destination['bucket']}' {reason}") from None
-    except (BotoCoreError, ValueError) as error:
-        raise InvalidParameter("destination", f"bucket '{destination['bucket']}' is not reachable: {error}") from None
-
-
-def presign(destination: dict[str, Any], seconds: int) -> str:
-    """A presigned GET URL of the delivered object."""
-    return s3_client(destination).generate_presigned_url(
-        "get_object", Params={"Bucket": destination["bucket"], "Key": destination["key"]}, ExpiresIn=seconds
-    )
-
-
-def delivered_by(destination: dict[str, Any]) -> str | None:
-    """The id of the export whose result is at `destination` ("" if the file is not an export's; None if nothing
-    is there)."""
-    if destination["kind"] == "local":
-        path = Path(destination["path"])
-        if not path.exists():
-            return None
-        try:
-            with rasterio.open(path) as src:
-                return src.tags().get("JEO_EXPORT_ID", "")
-        except rasterio.errors.RasterioError:
-            return ""
-    from botocore.exceptions import ClientError
-
-    try:
-        head = s3_client(destination).head_object(Bucket=destination["bucket"], Key=destination["key"])
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-    return head.get("Metadata", {}).get("jeo-export-id", "")
-
-
-def delete_result(plan: ExportPlan) -> None:
-    """Remove a delivered result (after a cancel that raced the merge)."""
-    destination = plan.destination
-    if destination["kind"] == "local":
-        Path(destination["path"]).unlink(missing_ok=True)
-    else:
-        s3_client(destination).delete_object(Bucket=destination["bucket"], Key=destination["key"])
-
+from tiler.exports.workdir import chunk_path, merge_dir, merge_log, remove_partials, tail
 
 # --- assembling -----------------------------------------------------------------------------------
-
-
-def merge_dir(plan: ExportPlan) -> Path:
-    return Path(plan.work_dir) / "merge"
 
 
 def write_vrt(plan: ExportPlan, path: Path) -> Path:
@@ -147,13 +68,12 @@ def write_vrt(plan: ExportPlan, path: Path) -> Path:
     return path
 
 
-def assemble(plan: ExportPlan, output: Path) -> Path:
-    """Write the whole output (COG or tiled GeoTIFF) from the chunk files."""
+def assemble(plan: ExportPlan, output: Path, threads: str = "ALL_CPUS") -> Path:
+    """Write the whole output (COG or tiled GeoTIFF) from the chunk files with `threads` GDAL threads."""
     missing = [i for i in range(plan.chunks_total) if not chunk_path(plan, i).exists()]
     if missing:
         raise RuntimeError(f"chunk file(s) missing: {missing[:20]}")
     vrt = write_vrt(plan, output.with_suffix(".vrt"))
-    threads = os.environ.get("SLURM_CPUS_PER_TASK") or "ALL_CPUS"
     tags = {"JEO_EXPORT_ID": plan.id, "JEO_COLLECTION": plan.collection, "JEO_METHOD": plan.compositing["method"]}
     if plan.format == "cog":
         profile = cog_profiles.get("deflate")
@@ -177,77 +97,7 @@ def assemble(plan: ExportPlan, output: Path) -> Path:
     return output
 
 
-def _link(part: Path, target: Path, conflict: Exception) -> None:
-    """Put `part` at `target` unless something is there (a hard link fails if the target exists)."""
-    try:
-        os.link(part, target)
-    except FileExistsError:
-        raise conflict from None
-    except OSError:  # a file system without hard links: check, then rename
-        if target.exists():
-            raise conflict from None
-        os.replace(part, target)
-
-
-def deliver(plan: ExportPlan, output: Path) -> str:
-    """Move the result into the export root, or upload it to S3; its href. Without `overwrite`, whatever appeared
-    at the destination meanwhile stays (DestinationConflict), unless it is this export's own result (delivered by an
-    earlier, interrupted merge)."""
-    destination = plan.destination
-    href = plan.result_href
-    shown = destination.get("name") or href
-    previous = delivered_by(destination)
-    replace = bool(destination.get("overwrite")) or previous == plan.id
-    if previous is not None and not replace:
-        raise DestinationConflict("destination", f"'{shown}' appeared while the export ran: not overwritten")
-    conflict = DestinationConflict("destination", f"'{shown}' appeared during the delivery: not overwritten")
-    if destination["kind"] == "local":
-        target = Path(destination["path"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f".{target.name}.{plan.id}.part")
-        shutil.move(str(output), part)  # may cross file systems; the rename or link below is atomic
-        try:
-            if replace:
-                os.replace(part, target)
-            else:
-                _link(part, target, conflict)
-        finally:
-            part.unlink(missing_ok=True)
-        return href
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = s3_client(destination)
-    extra = {"ContentType": plan.media_type, "Metadata": {"jeo-export-id": plan.id}}
-    try:
-        if replace or output.stat().st_size > 5 * 2**30:  # larger objects need a multipart upload
-            client.upload_file(str(output), destination["bucket"], destination["key"], ExtraArgs=extra)
-        else:
-            with open(output, "rb") as body:
-                client.put_object(Bucket=destination["bucket"], Key=destination["key"], Body=body, IfNoneMatch="*", **extra)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            raise conflict from None
-        raise RuntimeError(f"upload to {href} failed: {error}") from None
-    except (BotoCoreError, OSError) as error:
-        raise RuntimeError(f"upload to {href} failed: {error}") from None
-    return href
-
-
-def remove_partials(plan: ExportPlan, keep_logs: bool = True) -> None:
-    """Remove chunks and merge intermediates (and everything else with keep_logs=False)."""
-    work = Path(plan.work_dir)
-    if not keep_logs:
-        shutil.rmtree(work, ignore_errors=True)
-        return
-    shutil.rmtree(chunks_dir(plan), ignore_errors=True)
-    shutil.rmtree(merge_dir(plan), ignore_errors=True)
-    if plan.destination["kind"] == "local":
-        target = Path(plan.destination["path"])
-        part = target.with_name(f".{target.name}.{plan.id}.part")
-        part.unlink(missing_ok=True)
-
-
-def run_merge(store: ExportStore, export_id: str, wait: bool = True) -> int:
+def run_merge(store: ExportStore, export_id: str, wait: bool = True, threads: str = "ALL_CPUS") -> int:
     """Assemble and deliver, holding the export's `merge` lease; the process exit code (0 also when the export is
     no longer active or another live process merges it). With `wait`, wait for such a process to end first."""
     holder = process_token()
@@ -279,7 +129,7 @@ def run_merge(store: ExportStore, export_id: str, wait: bool = True) -> int:
     beat = max(0.5, min(10.0, store.lease_timeout / 4))
     try:
         with terminate_as_exit(), Heartbeat(lambda: store.renew(export_id, MERGE, token), beat) as heartbeat:
-            assemble(plan, output)
+            assemble(plan, output, threads)
             print(f"assembled in {time.perf_counter() - start:.2f} s ({output.stat().st_size:,} bytes)", flush=True)
             status = store.status(export_id)
             if status != "running" or heartbeat.lost.is_set() or not store.holds(export_id, MERGE, token):
@@ -301,7 +151,7 @@ def run_merge(store: ExportStore, export_id: str, wait: bool = True) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         if store.transition(export_id, "failed", fence=fence, error=redact(f"merge failed: {error}"),
-                            log_tail=tail(merge_log(plan)) or traceback.format_exc()):
+                            log_tail=tail(merge_log(plan)) or redact(traceback.format_exc())):
             remove_partials(plan)
         return 1
     finally:

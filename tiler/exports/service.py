@@ -1,6 +1,6 @@
 """ExportService: submit, list, watch and cancel exports; shared by the web API and `jeo export`.
 
-The service validates a request into a plan (`models.prepare`, then the executor's availability),
+The service validates a request into a plan (`request.prepare`, then the executor's availability),
 stores the record (claiming its destination), hands it to an executor, and reconciles active exports
 with their executor every `export_poll_interval` seconds: SLURM exports from squeue/sacct; local
 exports whose `run` lease holder is gone (this host: the process ended; another host: no heartbeat
@@ -17,11 +17,14 @@ from typing import Any
 
 from mosaics.catalog import Catalog
 from mosaics.errors import InvalidParameter
+from tiler.exports.destinations import delivered_by
 from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor
+from tiler.exports.jobs import open_store
 from tiler.exports.leases import RUN
-from tiler.exports.merge import delivered_by, remove_partials
-from tiler.exports.models import DestinationConflict, ExportRecord, ExportRequest, now, prepare, redact
-from tiler.exports.store import EVERYONE, ExportStore
+from tiler.exports.plan import STATUSES, DestinationConflict, ExportRecord, now, redact
+from tiler.exports.request import ExportConfig, ExportRequest, prepare
+from tiler.exports.store import EVERYONE
+from tiler.exports.workdir import remove_partials
 from tiler.presets import PresetRegistry
 
 logger = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ class ExportService:
         self.settings = settings
         self.catalog = catalog or Catalog(settings.catalog_location)
         self.presets = presets or PresetRegistry.from_files(settings.presets)
-        self.store = ExportStore(settings.database_path, settings.export_lease_timeout)
+        self.config = ExportConfig.from_settings(settings)
+        self.store = open_store(settings)
         self.env = worker_env(settings)
         heartbeat = max(0.5, min(settings.export_poll_interval, settings.export_lease_timeout / 4))
         self.local = LocalExecutor(self.store, self.env, settings.export_local_workers, heartbeat)
@@ -89,7 +93,7 @@ class ExportService:
         if not isinstance(request, ExportRequest):
             request = ExportRequest.parse(request)
         try:
-            plan = prepare(request, catalog=self.catalog, presets=self.presets, settings=self.settings)
+            plan = prepare(request, catalog=self.catalog, presets=self.presets, config=self.config)
         except InvalidParameter as error:  # e.g. PROJ's or GDAL's messages: no server paths in answers
             error.args = (redact(str(error)),)
             raise
@@ -163,8 +167,8 @@ class ExportService:
 
     def list(self, status: str | None = None, limit: int | None = None, created_by: str | None = EVERYONE) -> list[ExportRecord]:
         """Newest first; those of `created_by` only (None = anonymous callers) unless EVERYONE."""
-        if status is not None and status not in ("queued", "running", "finished", "failed", "canceled"):
-            raise InvalidParameter("status", f"'{status}' is not one of queued, running, finished, failed, canceled")
+        if status is not None and status not in STATUSES:
+            raise InvalidParameter("status", f"'{status}' is not one of {', '.join(STATUSES)}")
         return self.store.list(status, limit, created_by)
 
     def cancel(self, export_id: str) -> ExportRecord:

@@ -25,7 +25,7 @@ from typing import Any
 from mosaics.catalog import add_columns, transaction
 from mosaics.errors import NotFound
 from tiler.exports.leases import MERGE, RUN, Lease
-from tiler.exports.models import ACTIVE, DestinationConflict, ExportPlan, ExportRecord, now
+from tiler.exports.plan import ACTIVE, DestinationConflict, ExportPlan, ExportRecord, now
 
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE)
 
