@@ -104,6 +104,7 @@ class CollectionReader(SpatialMixin):
         assets: list[str] | None = None,
         expression: str | None = None,
         index: str | None = None,
+        asset_bidx: list[str] | None = None,
         method: str = "median",
         p: float | None = None,
         cloud_mask: str | None = None,
@@ -114,7 +115,7 @@ class CollectionReader(SpatialMixin):
         **read_options: Any,
     ) -> ImageData:
         """A composite tile; `metadata` carries the items used, read and skipped, and stage timings."""
-        recipe = Recipe.from_params(assets, expression, index)
+        recipe = Recipe.from_params(assets, expression, index, asset_bidx)
         compositing = self.compositing(method, p, cloud_mask, mask_dilation, provenance, correction)
         if tile_z < self.minzoom:
             raise InvalidParameter("z", f"composites of {self.input.collection.id} start at zoom {self.minzoom}")
@@ -133,6 +134,7 @@ class CollectionReader(SpatialMixin):
 
     def read_grid(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> ImageData:
         """The composite on any grid (a tile, an area subset); `metadata` as for tiles."""
+        recipe = self.for_latest(recipe)
         with self._admit(recipe, compositing, grid, image=True):
             result = composite(
                 self.input.catalog, self.input.collection.id, grid, recipe, compositing, self.input.selection,
@@ -154,6 +156,7 @@ class CollectionReader(SpatialMixin):
 
     def observe(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> Observations:
         """Every selected scene's usable values on `grid`, not composited (time series, per-date statistics)."""
+        recipe = self.for_latest(recipe)
         with self._admit(recipe, compositing, grid):
             return observe(
                 self.input.catalog, self.input.collection.id, grid,
@@ -162,18 +165,23 @@ class CollectionReader(SpatialMixin):
 
     def point(
         self, lon: float, lat: float, assets: list[str] | None = None, expression: str | None = None,
-        index: str | None = None, cloud_mask: str | None = None, correction: str = "none", **_: Any,
+        index: str | None = None, asset_bidx: list[str] | None = None, cloud_mask: str | None = None,
+        correction: str = "none", **_: Any,
     ) -> dict:
         """Candidate scenes' values and mask state at a point, and the result and choice of each method."""
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
-        recipe = Recipe.from_params(assets, expression, index)
+        recipe = self.for_latest(Recipe.from_params(assets, expression, index, asset_bidx))
         compositing = self.compositing(cloud_mask=cloud_mask, correction=correction)
         with self._admit(recipe, compositing, Grid((lon, lat, lon, lat), WGS84_CRS, 1, 1)):
             return explain_point(
                 self.input.catalog, self.input.collection.id, lon, lat, recipe, compositing,
                 self.input.selection, self.input.pool, self.input.corrector,
             )
+
+    def for_latest(self, recipe: Recipe) -> Recipe:
+        """The recipe with the bands of multi-band assets picked as in the newest scene (`Recipe.for_item`)."""
+        return recipe.for_item(self._latest) if self._latest is not None else recipe
 
     @contextmanager
     def _admit(self, recipe: Recipe, compositing: Compositing, grid: Grid, image: bool = False) -> Iterator[None]:

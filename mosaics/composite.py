@@ -27,7 +27,7 @@ from mosaics.catalog import Catalog
 from mosaics.corrections import CORRECTIONS, Corrector
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
 from mosaics.grid import Grid
-from mosaics.models import Item
+from mosaics.models import Item, band_key
 from mosaics.reader import READ_ERRORS, read_pixel, read_window
 from mosaics.recipe import Recipe
 
@@ -64,7 +64,8 @@ class CloudMask:
         return cls(kind)
 
     def asset_key(self, item: Item) -> str | None:
-        """The item's asset holding this mask (None for `none`)."""
+        """The band key (`Item.band`) of the item's band holding this mask: an asset, or a band of a multi-band asset
+        named in its `eo:bands` (None for `none`)."""
         if self.kind == "none":
             return None
         for name in MASK_ASSETS[self.kind]:
@@ -72,7 +73,7 @@ class CloudMask:
                 return name
             for asset in item.assets.values():
                 if name in asset.names:
-                    return asset.key
+                    return band_key(asset.key, asset.band_of(name))
         raise InvalidParameter("cloud_mask", f"item '{item.id}' has no {self.kind} asset")
 
     def valid(self, raw: np.ndarray) -> np.ndarray:
@@ -174,11 +175,11 @@ def candidates(catalog: Catalog, collection_id: str, area: Grid | tuple[float, f
 
 
 def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str]:
-    """Band name → asset key for everything the recipe and the method read."""
+    """Band name → band key for everything the recipe and the method read."""
     keys = recipe.resolve(item)
     if compositing.method == "max_ndvi":
         for name in indices.INDICES["ndvi"].bands:
-            keys.setdefault(name, item.asset(name).key)
+            keys.setdefault(name, item.band(name))
     return keys
 
 
@@ -186,13 +187,13 @@ Read = Callable[[Item, list[str], dict], np.ma.MaskedArray]
 
 
 def grid_read(grid: Grid, margin: int = 0) -> Read:
-    """Read raw DN `[K, H + 2 margin, W + 2 margin]` of asset keys on `grid` grown by `margin` pixels."""
+    """Read raw DN `[K, H + 2 margin, W + 2 margin]` of band keys on `grid` grown by `margin` pixels."""
     grown = grid.buffered(margin)
     return lambda item, keys, options: read_window(item, keys, grown, **options)
 
 
 def point_read(lon: float, lat: float) -> Read:
-    """Read raw DN `[K, 1, 1]` of asset keys at a point (EPSG:4326)."""
+    """Read raw DN `[K, 1, 1]` of band keys at a point (EPSG:4326)."""
     return lambda item, keys, options: read_pixel(item, keys, lon, lat, **options).reshape(-1, 1, 1)
 
 

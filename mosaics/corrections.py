@@ -27,6 +27,7 @@ from mosaics.stac import read_text
 
 logger = logging.getLogger(__name__)
 CORRECTIONS = ("none", "s2_harmonize", "toa", "dos")
+DISPLAY_ROLES = ("visual", "overview", "thumbnail")  # STAC roles of display-ready (e.g. 8-bit true colour) assets
 _LANDSAT_BAND = re.compile(r"^B(\d{1,2})$")
 
 
@@ -48,7 +49,7 @@ def _reflectance_bands(item: Item, keys: list[str]) -> tuple[dict[str, float | s
     if "mtl" not in item.assets:
         raise InvalidParameter("correction", f"toa needs an MTL asset; item '{item.id}' has none")
     mtl = _mtl(item.assets["mtl"].href, FILE_VERSIONS.version(item.assets["mtl"].href))
-    bands = [_landsat_band(item.assets[k]) for k in keys]
+    bands = [_landsat_band(item.source(k)[0]) for k in keys]
     for key, band in zip(keys, bands):
         if f"REFLECTANCE_MULT_BAND_{band}" not in mtl:
             raise InvalidParameter(
@@ -65,10 +66,18 @@ def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
 
 
 def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:
-    """InvalidParameter naming `correction` when it cannot apply to `item` or its assets `keys` (checked
-    before reading)."""
+    """InvalidParameter naming `correction` when it cannot apply to `item` or its band keys `keys` (checked
+    before reading): display data (`DISPLAY_ROLES`) is never corrected."""
     if correction not in CORRECTIONS:
         raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
+    if correction != "none":
+        for key in keys:
+            asset = item.source(key)[0]
+            if display := set(DISPLAY_ROLES) & set(asset.roles):
+                raise InvalidParameter(
+                    "correction", f"{correction} applies to measured values; asset '{asset.key}' of item '{item.id}' is "
+                    f"display data (role {', '.join(sorted(display))})",
+                )
     if correction == "s2_harmonize" and not item.processing_baseline:
         raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
     if correction in ("toa", "dos"):
@@ -97,7 +106,7 @@ class Corrector:
         """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
         check(correction, item, keys)
         if correction == "none":
-            return to_physical(raw, [item.assets[k] for k in keys])
+            return to_physical(raw, item, keys)
         if correction == "s2_harmonize":
             applied = bool(item.properties.get("earthsearch:boa_offset_applied", False))
             out = kernels.s2_reflectance(raw.data, item.processing_baseline, offset_applied=applied, nodata=None)
@@ -113,16 +122,17 @@ class Corrector:
         """TOA reflectance: Landsat via the MTL, otherwise (L1C) the catalog's scale/offset."""
         if "mtl" in item.assets:
             return _toa(item, keys, dn)
-        return to_physical(np.ma.MaskedArray(dn), [item.assets[k] for k in keys])
+        return to_physical(np.ma.MaskedArray(dn), item, keys)
 
     def dark_value(self, item: Item, key: str) -> float:
         """The scene's DOS1 dark value for one band, from a ≤ 512 px overview, computed once and stored."""
-        files = FILE_VERSIONS.versions([item.assets[k].href for k in (key, "mtl") if k in item.assets])
+        asset, band = item.source(key)
+        files = FILE_VERSIONS.versions([asset.href, *([item.assets["mtl"].href] if "mtl" in item.assets else [])])
         cache_key = (item.collection, item.id, item.version, key, *files.values())
         if self._dark is not None and (value := self._dark.get(cache_key)) is not None:
             return value
-        with PooledReader(gdal_path(item.assets[key].href)) as src:
-            overview = src.preview(max_size=512)
+        with PooledReader(gdal_path(asset.href)) as src:
+            overview = src.preview(indexes=(band,), max_size=512)
         toa = self._toa_like(item, [key], overview.array.data)
         value = float(kernels.dark_object_values(toa, ~overview.array.mask[0])[0])
         if self._dark is not None:

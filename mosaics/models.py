@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,11 +12,18 @@ from typing import Any
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from mosaics.errors import NotFound
+from mosaics.errors import InvalidParameter, NotFound
 
 
 # Common names that stand in for another when an item lacks it (Landsat's NIR is `nir08`).
 COMMON_NAME_FALLBACKS: dict[str, tuple[str, ...]] = {"nir": ("nir08",), "rededge": ("rededge1",)}
+BAND_SEPARATOR = "#"  # band key of band n > 1 of a multi-band asset: `<asset key>#<n>`
+ASSET_BAND = re.compile(r"(.+)_b([1-9][0-9]*)")  # titiler's `{asset}_b{index}` band names (1-based)
+
+
+def band_key(asset_key: str, band: int) -> str:
+    """The key reads name band `band` (1-based) of an asset by: the asset key for band 1, `<key>#<band>` else."""
+    return asset_key if band == 1 else f"{asset_key}{BAND_SEPARATOR}{band}"
 
 
 @cache
@@ -69,6 +77,29 @@ class Asset:
         return bool(self.bands) or (self.media_type or "").startswith("image/tiff")
 
     @property
+    def count(self) -> int:
+        """How many bands the asset has, from its `raster:bands` or `eo:bands` (1 when it lists none)."""
+        return max(len(self.bands), len(self.names), 1)
+
+    def raster_band(self, band: int = 1) -> RasterBand | None:
+        """The `raster:bands` entry of band `band` (1-based), if the asset lists it."""
+        return self.bands[band - 1] if len(self.bands) >= band else None
+
+    def band_of(self, name: str) -> int:
+        """The 1-based band of a multi-band asset named `name` in its `eo:bands` (by name, then common name); 1 else."""
+        for names in (self.names, self.common_names):
+            if len(names) > 1 and name in names:
+                return names.index(name) + 1
+        return 1
+
+    def check_band(self, band: int, parameter: str) -> None:
+        """InvalidParameter naming `parameter` when the asset has no band `band` (1-based)."""
+        if not 1 <= band <= self.count:
+            raise InvalidParameter(
+                parameter, f"asset '{self.key}' has {self.count} band{'s' * (self.count != 1)}; there is no band {band}"
+            )
+
+    @property
     def is_gridded(self) -> bool:
         """A raster with projection metadata (`proj:epsg` of a known CRS, `proj:transform`, `proj:shape`)."""
         return bool(self.is_raster and known_epsg(self.epsg) and self.transform and self.shape)
@@ -106,9 +137,28 @@ class Item:
                         return asset
         raise NotFound("asset", name, f"item '{self.id}' has {', '.join(self.assets)}")
 
+    def band(self, name: str, parameter: str = "assets") -> str:
+        """The band key (`band_key`) of the band called `name`: an asset key (band 1), `{asset}_b{index}` (titiler's
+        name of band `index` of an asset; out of range: InvalidParameter naming `parameter`), an `eo:bands` name or a
+        common name (see `asset`)."""
+        match = ASSET_BAND.fullmatch(name)
+        if name not in self.assets and match and match[1] in self.assets:
+            asset, index = self.assets[match[1]], int(match[2])
+            asset.check_band(index, parameter)
+            return band_key(asset.key, index)
+        asset = self.asset(name)
+        return band_key(asset.key, asset.band_of(name))
+
+    def source(self, key: str) -> tuple[Asset, int]:
+        """The asset and 1-based band of a band key."""
+        if key in self.assets:
+            return self.assets[key], 1
+        asset_key, _, band = key.rpartition(BAND_SEPARATOR)
+        return self.assets[asset_key], int(band)
+
     def grid_asset(self, keys: Sequence[str] = ()) -> Asset | None:
-        """The finest gridded asset among the asset keys `keys`, else among all assets (None if there is none)."""
-        for pool in ([self.assets[k] for k in keys], self.assets.values()):
+        """The finest gridded asset among those of the band keys `keys`, else among all assets (None if there is none)."""
+        for pool in ([self.source(k)[0] for k in keys], self.assets.values()):
             gridded = [a for a in pool if a.is_gridded]
             if gridded:
                 return min(gridded, key=lambda a: abs(a.transform[0]))

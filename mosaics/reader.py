@@ -32,7 +32,7 @@ from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import MultiBaseReader
 from rio_tiler.models import ImageData, PointData
-from rio_tiler.types import AssetInfo
+from rio_tiler.types import AssetInfo, AssetType, AssetWithOptions
 from rio_tiler.utils import _get_width_height
 from shapely.geometry import box, shape
 from shapely.prepared import prep
@@ -66,29 +66,49 @@ def clean_gdal_errors() -> Iterator[None]:
         raise
 
 
-def to_physical(data: np.ma.MaskedArray, assets: Sequence[Asset]) -> np.ndarray:
-    """`float32[B, ...]` physical values of DN bands `data[B, ...]` (one band per asset); masked → NaN."""
+def to_physical(data: np.ma.MaskedArray, item: Item, keys: Sequence[str]) -> np.ndarray:
+    """`float32[B, ...]` physical values of DN bands `data[B, ...]` of the item's band keys `keys`; masked → NaN."""
     out = np.empty(data.shape, dtype=np.float32)
     mask = np.ma.getmaskarray(data)
-    for i, asset in enumerate(assets):
-        band = asset.bands[0] if asset.bands else None
+    for i, key in enumerate(keys):
+        asset, index = item.source(key)
+        band = asset.raster_band(index)
         scale, offset = (band.scale, band.offset) if band else (1.0, 0.0)
         out[i] = scale_offset(np.ascontiguousarray(data.data[i]), scale, offset, None)
         out[i][mask[i]] = np.nan
     return out
 
 
-def asset_nodata(asset: Asset, override: float | None = None) -> float | None:
-    """The nodata value (DN) to read an asset with: the override (InvalidParameter naming `nodata` when the
-    asset's data type cannot hold it), else the catalog's `raster:bands` nodata."""
+def asset_nodata(asset: Asset, override: float | None = None, band: int = 1) -> float | None:
+    """The nodata value (DN) to read band `band` of an asset with: the override (InvalidParameter naming `nodata`
+    when the band's data type cannot hold it), else the catalog's `raster:bands` nodata."""
+    raster_band = asset.raster_band(band)
     if override is not None:
-        data_type = asset.bands[0].data_type if asset.bands else None
+        data_type = raster_band.data_type if raster_band else None
         if data_type and np.dtype(data_type).kind in "iu":
             limits = np.iinfo(data_type)
             if not (np.isfinite(override) and limits.min <= override <= limits.max):
                 raise InvalidParameter("nodata", f"{override:g} is not a {data_type} value of asset '{asset.key}'")
         return override
-    return asset.bands[0].nodata if asset.bands else None
+    return raster_band.nodata if raster_band else None
+
+
+def asset_bands(item: Item, keys: Sequence[str]) -> dict[str, list[int]]:
+    """The band keys `keys` grouped by asset: asset key → its 1-based bands, in order (each asset is read once)."""
+    grouped: dict[str, list[int]] = {}
+    for key in keys:
+        asset, band = item.source(key)
+        bands = grouped.setdefault(asset.key, [])
+        if band not in bands:
+            bands.append(band)
+    return grouped
+
+
+def _in_order(item: Item, keys: Sequence[str], grouped: dict[str, list[int]], data: Any) -> Any:
+    """`data[K, ...]` read asset by asset (`grouped` order) as `[len(keys), ...]` in the order of the band keys."""
+    read = [(asset, band) for asset, bands in grouped.items() for band in bands]
+    order = [read.index((asset.key, band)) for asset, band in map(item.source, keys)]
+    return data if order == list(range(len(read))) else data[order]
 
 
 @clean_gdal_errors()
@@ -96,50 +116,54 @@ def read_window(
     item: Item, keys: Sequence[str], grid: Grid, nodata: float | None = None,
     resampling_method: str | None = None, reproject_method: str | None = None, **warp_options: Any,
 ) -> np.ma.MaskedArray:
-    """Raw DN `[K, H, W]` of asset keys on `grid`, one band each, masked where there is no data.
+    """Raw DN `[K, H, W]` of band keys (`Item.band`) on `grid`, masked where there is no data.
 
-    Nearest-neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling goes
-    through rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after
-    another in the calling thread: composites read many scenes in parallel already.
+    The bands of one asset are one read (one window, one gather; one nodata value, its first band's). Nearest-
+    neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling goes through
+    rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after another in the
+    calling thread: composites read many scenes in parallel already.
     """
     nearest = (resampling_method or "nearest") == "nearest" and (reproject_method or "nearest") == "nearest"
+    grouped = asset_bands(item, keys)
     arrays = []
-    for key in keys:
+    for key, bands in grouped.items():
         asset = item.assets[key]
-        path, value = gdal_path(asset.href), asset_nodata(asset, nodata)
-        if nearest and (array := _read_mapped(path, grid, value)) is not None:
+        path, value = gdal_path(asset.href), asset_nodata(asset, nodata, bands[0])
+        if nearest and (array := _read_mapped(path, grid, value, bands)) is not None:
             arrays.append(array)
             continue
         with POOL.open(path) as dataset:
             image = rio_reader.part(
                 dataset, grid.bounds, height=grid.height, width=grid.width, dst_crs=grid.crs, bounds_crs=grid.crs,
-                nodata=value, resampling_method=resampling_method or "nearest",
+                indexes=bands, nodata=value, resampling_method=resampling_method or "nearest",
                 reproject_method=reproject_method or "nearest", **warp_options,
             )
         arrays.append(image.array)
-    return np.ma.concatenate(arrays)
+    return _in_order(item, keys, grouped, np.ma.concatenate(arrays))
 
 
-def _read_mapped(path: str, grid: Grid, nodata: float | None) -> np.ma.MaskedArray | None:
-    """Band 1 of `path` on `grid` through a pixel map; None for rasters it does not handle (no CRS, mask bands)."""
+def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[int]) -> np.ma.MaskedArray | None:
+    """Bands `bands` of `path` on `grid` through a pixel map, in one window read; None for rasters it does not
+    handle (no CRS, mask bands)."""
     with POOL.open(path) as dataset:
         nodata = nodata if nodata is not None else dataset.nodata
-        if dataset.crs is None or (nodata is None and dataset.mask_flag_enums[0] != [MaskFlags.all_valid]):
+        flags = [dataset.mask_flag_enums[band - 1] for band in bands]
+        if dataset.crs is None or (nodata is None and any(f != [MaskFlags.all_valid] for f in flags)):
             return None
         source = SourceGrid(
             dataset.crs.to_wkt(), tuple(dataset.transform)[:6], dataset.height, dataset.width, tuple(dataset.overviews(1))
         )
         mapping = pixel_map(grid, source)
-        dtype = dataset.dtypes[0]
+        dtype = dataset.dtypes[bands[0] - 1]
         if mapping.window is None:
-            return np.ma.masked_all((1, grid.height, grid.width), dtype=dtype)
+            return np.ma.masked_all((len(bands), grid.height, grid.width), dtype=dtype)
         if mapping.level is None:
-            window = dataset.read(1, window=mapping.window)
+            window = dataset.read(list(bands), window=mapping.window)
     if mapping.level is not None:
         with POOL.open(path, overview_level=mapping.level) as overview:
-            window = overview.read(1, window=mapping.window)
-    values = mapping.take(window)[np.newaxis]
-    mask = ~mapping.inside[np.newaxis]
+            window = overview.read(list(bands), window=mapping.window)
+    values = mapping.take(window)
+    mask = np.repeat(~mapping.inside[np.newaxis], len(bands), axis=0)
     if nodata is not None:
         mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
     return np.ma.MaskedArray(values, mask=mask)
@@ -147,14 +171,16 @@ def _read_mapped(path: str, grid: Grid, nodata: float | None) -> np.ma.MaskedArr
 
 @clean_gdal_errors()
 def read_pixel(item: Item, keys: Sequence[str], lon: float, lat: float, nodata: float | None = None, **options: Any) -> np.ma.MaskedArray:
-    """Raw DN `[K]` of asset keys at a point (EPSG:4326), read like `read_window`."""
+    """Raw DN `[K]` of band keys at a point (EPSG:4326), read like `read_window` (one read per asset)."""
+    grouped = asset_bands(item, keys)
     values = []
-    for key in keys:
+    for key, bands in grouped.items():
         asset = item.assets[key]
         with POOL.open(gdal_path(asset.href)) as dataset:
-            point = rio_reader.point(dataset, (lon, lat), coord_crs=WGS84_CRS, nodata=asset_nodata(asset, nodata), **options)
+            point = rio_reader.point(dataset, (lon, lat), indexes=bands, coord_crs=WGS84_CRS,
+                                     nodata=asset_nodata(asset, nodata, bands[0]), **options)  # fmt: skip
         values.append(point.array)
-    return np.ma.concatenate(values)
+    return _in_order(item, keys, grouped, np.ma.concatenate(values))
 
 
 @attr.s
@@ -198,19 +224,26 @@ class SceneReader(MultiBaseReader):
         """The item's geometry, prepared for intersection tests."""
         return prep(shape(self.input.geometry))
 
-    def _get_asset_info(self, asset: str) -> AssetInfo:
-        meta = self.input.asset(asset)  # NotFound (404) names an unknown asset
+    def _get_asset_info(self, asset: AssetType) -> AssetInfo:
+        """rio-tiler's info of an asset name, or of `{"name": asset key, "indexes": bands}` (those bands, one read)."""
+        name, indexes = (asset["name"], asset.get("indexes")) if isinstance(asset, dict) else (asset, None)
+        meta = self.input.asset(name)  # NotFound (404) names an unknown asset
         if not meta.is_raster:
-            raise InvalidParameter("assets", f"'{asset}' of item '{self.input.id}' is not a raster band")
-        nodata = asset_nodata(meta)
+            raise InvalidParameter("assets", f"'{name}' of item '{self.input.id}' is not a raster band")
+        nodata = asset_nodata(meta, band=indexes[0] if indexes else 1)
         options: dict[str, Any] = {} if nodata is None else {"nodata": nodata}
         return AssetInfo(
             url=gdal_path(meta.href),
-            name=asset,
+            name=name,
             media_type=meta.media_type,
             reader_options={"options": options},
-            method_options={},
+            method_options={"indexes": tuple(indexes)} if indexes else {},
         )
+
+    def _assets(self, keys: Sequence[str]) -> tuple[dict[str, list[int]], list[AssetWithOptions]]:
+        """The band keys grouped by asset (`asset_bands`), and as rio-tiler's assets with `indexes` (one read each)."""
+        grouped = asset_bands(self.input, keys)
+        return grouped, [AssetWithOptions(name=key, indexes=bands) for key, bands in grouped.items()]
 
     def tile_exists(self, tile_x: int, tile_y: int, tile_z: int) -> bool:
         """True when the tile touches the item's footprint (not only its bounding box)."""
@@ -220,7 +253,7 @@ class SceneReader(MultiBaseReader):
 
     def _evaluate(self, recipe: Recipe, keys: dict[str, str], data: np.ma.MaskedArray) -> np.ndarray:
         order = list(dict.fromkeys(keys.values()))
-        physical = to_physical(data, [self.input.assets[k] for k in order])
+        physical = to_physical(data, self.input, order)
         return recipe.evaluate({name: physical[order.index(key)] for name, key in keys.items()})
 
     def tile_items(self, tile_x: int, tile_y: int, tile_z: int, **_: Any) -> list[Item]:
@@ -234,7 +267,8 @@ class SceneReader(MultiBaseReader):
         become `SceneReadError`."""
         order = list(dict.fromkeys(keys.values()))
         for key in order:
-            asset_nodata(self.input.assets[key], nodata)
+            asset, band = self.input.source(key)
+            asset_nodata(asset, nodata, band)
         admission = nullcontext()
         if self.limits is not None:
             estimate = MemoryEstimate(1, len(order), len(recipe.descriptions), width, height, margin)
@@ -297,18 +331,20 @@ class SceneReader(MultiBaseReader):
         assets: Sequence[str] | None = None,
         expression: str | None = None,
         index: str | None = None,
+        asset_bidx: Sequence[str] | None = None,
         tilesize: int = 256,
         buffer: float | None = None,
         **kwargs: Any,
     ) -> ImageData:
         """A tile of the recipe's output bands (float32, physical units, NaN/masked outside data)."""
-        recipe = Recipe.from_params(assets, expression, index)
+        recipe = Recipe.from_params(assets, expression, index, asset_bidx)
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside the footprint of item '{self.input.id}'")
         return self.read_grid(Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer or 0), recipe, **kwargs)
 
     def read_grid(self, grid: Grid, recipe: Recipe, **kwargs: Any) -> ImageData:
         """The recipe's output bands on any grid (a tile, an area subset), read like tiles."""
+        recipe = recipe.for_item(self.input)
         if self.limits is not None:
             self.limits.check_outputs(recipe)
         keys = recipe.resolve(self.input)
@@ -319,48 +355,53 @@ class SceneReader(MultiBaseReader):
     def _image(self, method: str, bbox: tuple[float, float, float, float] | None, recipe: Recipe,
                max_size: int | None, width: int | None, height: int | None, **kwargs: Any) -> ImageData:
         """rio-tiler's preview (`bbox` None) or part of the recipe's input assets, then the recipe."""
+        recipe = recipe.for_item(self.input)
         if self.limits is not None:
             self.limits.check_outputs(recipe)
         keys = recipe.resolve(self.input)
         rows, cols = self._image_shape(bbox, width, height, max_size, kwargs.get("bounds_crs"))
         parameter = "width" if width or height else "max_size"
         with self._reading(recipe, keys, rows, cols, parameter=parameter, nodata=kwargs.get("nodata")) as order:
+            grouped, assets = self._assets(order)
             raw = getattr(super(), method)(
-                *(() if bbox is None else (bbox,)), assets=order, asset_as_band=True,
-                max_size=max_size, width=width, height=height, **kwargs,
+                *(() if bbox is None else (bbox,)), assets=assets, max_size=max_size, width=width, height=height, **kwargs,
             )
-            return self._output(recipe, keys, raw.array, raw.bounds, raw.crs)
+            return self._output(recipe, keys, _in_order(self.input, order, grouped, raw.array), raw.bounds, raw.crs)
 
     def preview(  # type: ignore[override]
         self, assets: Sequence[str] | None = None, expression: str | None = None, index: str | None = None,
-        max_size: int | None = 1024, width: int | None = None, height: int | None = None, **kwargs: Any,
+        asset_bidx: Sequence[str] | None = None, max_size: int | None = 1024, width: int | None = None,
+        height: int | None = None, **kwargs: Any,
     ) -> ImageData:
         """A low-resolution view of the whole item."""
-        recipe = Recipe.from_params(assets, expression, index)
+        recipe = Recipe.from_params(assets, expression, index, asset_bidx)
         return self._image("preview", None, recipe, max_size, width, height, **kwargs)
 
     def part(  # type: ignore[override]
         self, bbox: tuple[float, float, float, float], assets: Sequence[str] | None = None,
-        expression: str | None = None, index: str | None = None, max_size: int | None = None,
-        width: int | None = None, height: int | None = None, **kwargs: Any,
+        expression: str | None = None, index: str | None = None, asset_bidx: Sequence[str] | None = None,
+        max_size: int | None = None, width: int | None = None, height: int | None = None, **kwargs: Any,
     ) -> ImageData:
         """The recipe's output over `bbox` (in `bounds_crs`, default EPSG:4326)."""
-        recipe = Recipe.from_params(assets, expression, index)
+        recipe = Recipe.from_params(assets, expression, index, asset_bidx)
         return self._image("part", bbox, recipe, max_size, width, height, **kwargs)
 
     def point(  # type: ignore[override]
         self, lon: float, lat: float, assets: Sequence[str] | None = None, expression: str | None = None,
-        index: str | None = None, **kwargs: Any,
+        index: str | None = None, asset_bidx: Sequence[str] | None = None, **kwargs: Any,
     ) -> PointData:
-        """Values at a point; without a recipe, the physical value of every raster asset."""
+        """Values at a point; without a recipe, the physical value of every band of every raster asset."""
         if kwargs.get("coord_crs", WGS84_CRS) == WGS84_CRS and not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
-        given = assets or expression or index
-        recipe = Recipe.from_params(assets, expression, index) if given else Recipe(assets=tuple(self.assets))
+        given = assets or expression or index or asset_bidx
+        recipe = Recipe.from_params(assets, expression, index, asset_bidx) if given else Recipe(assets=tuple(self.assets))
+        recipe = recipe.for_item(self.input)
         keys = recipe.resolve(self.input)
         with self._reading(recipe, keys, 1, 1, nodata=kwargs.get("nodata")) as order:
-            raw = super().point(lon, lat, assets=order, asset_as_band=True, **kwargs)
-            values = self._evaluate(recipe, keys, raw.array.reshape(-1, 1, 1)).reshape(-1)
+            grouped, assets = self._assets(order)
+            raw = super().point(lon, lat, assets=assets, **kwargs)
+            data = _in_order(self.input, order, grouped, raw.array)
+            values = self._evaluate(recipe, keys, data.reshape(-1, 1, 1)).reshape(-1)
         return PointData(
             np.ma.MaskedArray(values, mask=~np.isfinite(values)),
             band_names=recipe.descriptions,

@@ -149,6 +149,14 @@ class RecipeParams(DefaultDependency):
         ),
     ] = None
     index: Annotated[str | None, Query(description=INDEX_DOC)] = None
+    asset_bidx: Annotated[
+        list[str] | None,
+        Query(
+            description="Bands of multi-band assets named in `assets`, titiler's `{asset}|{index},{index},…` (e.g. "
+            "`visual|1,2,3`: output bands `visual_b1`, `visual_b2`, `visual_b3`); repeated per asset. Without it, a "
+            "multi-band asset gives all its bands. In `expression`, band `n` of an asset is `{asset}_b{n}`.",
+        ),
+    ] = None
 
     def __post_init__(self):
         """One band name per entry, so that `red,green` and `red&assets=green` are the same request."""

@@ -143,7 +143,7 @@ class PresetMiddleware:
             defaults.append(("datetime", preset.interval(latest[0].datetime)))
         expanded = [(k, v) for k, v in defaults if k not in given and v is not None]
         if given & {"assets", "expression", "index"}:
-            expanded = [(k, v) for k, v in expanded if k not in ("assets", "expression", "index")]
+            expanded = [(k, v) for k, v in expanded if k not in ("assets", "expression", "index", "asset_bidx")]
         scope["query_string"] = urlencode(expanded + rest).encode()
 
 

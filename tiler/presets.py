@@ -35,6 +35,7 @@ class Preset:
     assets: tuple[str, ...] = ()
     expression: str | None = None
     index: str | None = None
+    asset_bidx: tuple[str, ...] = ()
     rescale: tuple[str, ...] = ()
     colormap_name: str | None = None
     color_formula: str | None = None
@@ -62,7 +63,7 @@ class Preset:
     @property
     def recipe(self) -> Recipe:
         """What the preset computes."""
-        return Recipe(assets=self.assets, expression=self.expression, index=self.index)
+        return Recipe.from_params(self.assets, self.expression, self.index, self.asset_bidx)
 
     def query(self) -> list[tuple[str, str]]:
         """The tile-endpoint query parameters equivalent to this preset."""
@@ -72,14 +73,14 @@ class Preset:
         for name in ("expression", "index", "colormap_name", "color_formula", "resampling", "method", "p", "cloud_mask"):
             if (value := getattr(self, name)) is not None:
                 params.append((name, str(value)))
-        params += [("rescale", r) for r in self.rescale]
+        params += [("asset_bidx", b) for b in self.asset_bidx] + [("rescale", r) for r in self.rescale]
         return params
 
     def applies_to(self, item: Item) -> bool:
         """True when `item` has every band the recipe reads."""
         try:
-            self.recipe.resolve(item)
-        except NotFound:
+            self.recipe.for_item(item).resolve(item)
+        except (NotFound, InvalidParameter):
             return False
         return True
 

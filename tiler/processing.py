@@ -281,7 +281,7 @@ class ItemProcessingFactory(AreaRoutes, RecipeTilerFactory):
         self.statistics()
 
     def native(self, src: SceneReader, area: Area, layer_params: Any) -> Asset | None:
-        recipe = Recipe.from_params(**layer_params.as_dict())
+        recipe = Recipe.from_params(**layer_params.as_dict()).for_item(src.input)
         return src.input.grid_asset(list(recipe.resolve(src.input).values()))
 
     def image(self, src: SceneReader, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
@@ -305,7 +305,7 @@ class CompositeProcessingFactory(AreaRoutes, RecipeTilerFactory):
     @staticmethod
     def _split(params: Any) -> tuple[Recipe, dict[str, Any]]:
         values = params.as_dict()
-        recipe = Recipe.from_params(values.pop("assets", None), values.pop("expression", None), values.pop("index", None))
+        recipe = Recipe.from_params(*(values.pop(name, None) for name in ("assets", "expression", "index", "asset_bidx")))
         return recipe, values
 
     def native(self, src: CollectionReader, area: Area, layer_params: Any) -> Asset | None:
@@ -313,7 +313,7 @@ class CompositeProcessingFactory(AreaRoutes, RecipeTilerFactory):
         if newest is None:
             raise InvalidParameter(area.field, f"no scene of collection '{src.input.collection.id}' matches the area and dates")
         recipe, _ = self._split(layer_params)
-        return newest.grid_asset(list(recipe.resolve(newest).values()))
+        return newest.grid_asset(list(recipe.for_item(newest).resolve(newest).values()))
 
     def image(self, src: CollectionReader, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
         recipe, compositing = self._split(layer_params)
