@@ -20,8 +20,9 @@ AssetBands = tuple[tuple[str, tuple[int, ...]], ...]  # titiler's `asset_bidx`: 
 
 
 def parse_asset_bidx(values: Sequence[str] | None) -> AssetBands:
-    """titiler's `asset_bidx` values `{asset}|{index},{index},…` (e.g. `visual|1,2,3`) as (asset, bands) pairs."""
-    pairs = []
+    """titiler's `asset_bidx` values `{asset}|{index},{index},…` (e.g. `visual|1,2,3`) as (asset, bands) pairs; the
+    values of one asset given several times are joined in order."""
+    pairs: dict[str, tuple[int, ...]] = {}
     for value in values or ():
         name, bar, indexes = value.partition("|")
         try:
@@ -30,8 +31,8 @@ def parse_asset_bidx(values: Sequence[str] | None) -> AssetBands:
             bands = ()
         if not (bar and name.strip() and bands and min(bands) >= 1):
             raise InvalidParameter("asset_bidx", f"'{value}' is not `asset|index,index,…` with indexes from 1")
-        pairs.append((name.strip(), bands))
-    return tuple(pairs)
+        pairs[name.strip()] = pairs.get(name.strip(), ()) + bands
+    return tuple(pairs.items())
 
 
 @lru_cache(maxsize=512)
@@ -74,8 +75,8 @@ class Recipe:
         if named and not self.assets:
             raise InvalidParameter("asset_bidx", f"picks bands of `assets`, not of {given[0]}")
         for name in named:
-            if name not in self.assets or named.count(name) > 1:
-                raise InvalidParameter("asset_bidx", f"'{name}' is not in assets once: {', '.join(self.assets)}")
+            if name not in self.assets:
+                raise InvalidParameter("asset_bidx", f"'{name}' is not in assets: {', '.join(self.assets)}")
 
     @classmethod
     def from_params(

@@ -59,6 +59,7 @@ VALUES = {
     "max_items": ("1", "3"), "sortby": ("-datetime", "eo:cloud_cover"), "method": ("median", "first"),
     "p": ("10", "90"), "cloud_mask": ("scl", "none"), "mask_dilation": ("0", "2"),
     "correction": ("none", "s2_harmonize"), "provenance": ("false", "true"),
+    "asset_bidx": ("red|1", "red|01"),  # the data's assets have one band; repeats join (up to 4 bands for PNG)
 }  # fmt: skip
 RECIPE = ("assets", "expression", "index")
 NEEDS = {"p": {"method": "percentile"}, "provenance": {"method": "first"}}  # parameters that act only with another

@@ -153,7 +153,7 @@ class RecipeParams(DefaultDependency):
         list[str] | None,
         Query(
             description="Bands of multi-band assets named in `assets`, titiler's `{asset}|{index},{index},…` (e.g. "
-            "`visual|1,2,3`: output bands `visual_b1`, `visual_b2`, `visual_b3`); repeated per asset. Without it, a "
+            "`visual|1,2,3`: output bands `visual_b1`, `visual_b2`, `visual_b3`); one per asset (repeats are joined). Without it, a "
             "multi-band asset gives all its bands. In `expression`, band `n` of an asset is `{asset}_b{n}`.",
         ),
     ] = None
