@@ -184,6 +184,27 @@ def test_visual_png_renders_with_rescale(vserver):
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
 
 
+def test_visual_preset_is_a_wmts_layer_equal_to_the_tile_endpoint(vserver, data):
+    """The `visual` preset is offered where items have a 3-band visual asset; OWSLib's GetTile of its layer equals
+    the item tile endpoint, whose pixels are the COG's."""
+    from owslib.wmts import WebMapTileService
+
+    wmts = WebMapTileService(f"{vserver.url}/wmts", version="1.0.0")
+    assert f"{C}.visual" in wmts.contents
+    latest = "S2B_33TWM_20230820_0_L2A"
+    tile = TILES["native"]
+    fetched = wmts.gettile(layer=f"{C}.visual", tilematrixset="WebMercatorQuad", tilematrix=str(tile.z), row=tile.y,
+                           column=tile.x, format="image/png").read()
+    direct = vserver.get(item_tile(tile).replace(ITEM, latest).replace(".npy", ".png"), params={"preset": "visual"})
+    assert direct.status_code == 200 and fetched == direct.content
+    with rasterio.MemoryFile(fetched) as memfile, memfile.open() as png:
+        rgba = png.read()
+    expected = reference(data / latest / "visual.tif", tile)
+    valid = np.isfinite(expected).all(axis=0)
+    assert valid.mean() > 0.9 and (rgba[3][valid] == 255).all()
+    np.testing.assert_array_equal(rgba[:3][:, valid], expected[:, valid].astype(np.uint8))
+
+
 ITEM_TILE = item_tile(TILES["native"]).replace(".npy", ".png")
 COMPOSITE = f"/collections/{C}/tiles/WebMercatorQuad/10/555/363.png"
 
@@ -205,3 +226,39 @@ def test_bad_band_requests_name_the_parameter(vserver, path, query, status, need
     assert response.status_code == status, response.text
     for needle in needles:
         assert needle in response.text
+
+
+def test_export_of_visual_equals_the_composite_tiles(vserver):
+    """A local export of the visual median composite (native grid), read at WebMercator tiles, equals the tiles."""
+    import time
+
+    import httpx
+
+    body = {"collection": C, "assets": ["visual"], "asset_bidx": "visual|3,2,1", "method": "median", "cloud_mask": "scl",
+            "bbox": [499980, 5090220, 609780, 5200020], "bbox_crs": "EPSG:32633", "executor": "local"}
+    answer = httpx.post(f"{vserver.url}/exports", json=body, timeout=120)
+    assert answer.status_code == 202, answer.text
+    deadline = time.monotonic() + 300
+    while (record := vserver.get(f"/exports/{answer.json()['id']}").json())["status"] not in ("finished", "failed"):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.5)
+    assert record["status"] == "finished", record
+    result = vserver.home / "exports" / record["result"]
+    with rasterio.open(result) as src:
+        assert (src.count, src.width, src.height) == (3, 915, 915)
+        assert src.descriptions == ("visual_b3", "visual_b2", "visual_b1")
+    for tile in (WM.tile(15.9, 46.45, 10), TILES["wedge"], TILES["native"]):
+        path = f"/collections/{C}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy"
+        expected = npy(vserver, path, assets="visual", asset_bidx="visual|3,2,1", method="median", cloud_mask="scl")
+        exported = np.ma.stack([nearest_tile(result, WM, tile, band=b) for b in (1, 2, 3)])
+        valid = ~exported.mask[0]
+        assert (valid == (expected[3] > 0)).all() and valid.sum() > 20000
+        np.testing.assert_array_equal(exported.data[:, valid], expected[:3, valid])
+
+
+def test_export_refuses_a_band_the_asset_lacks(vserver):
+    import httpx
+
+    body = {"collection": C, "assets": "visual", "asset_bidx": ["visual|5"], "bbox": [15.5, 46.3, 15.6, 46.4]}
+    answer = httpx.post(f"{vserver.url}/exports", json=body, timeout=120)
+    assert answer.status_code == 400 and "asset_bidx" in answer.text and "3 bands" in answer.text, answer.text

@@ -66,6 +66,7 @@ def _geometry(text: str | None):
 @click.argument("collection")
 @click.option("--preset", help="A preset of the collection (recipe, method, cloud mask, period).")
 @click.option("--assets", help="Band combination, comma-separated (e.g. red,green,blue).")
+@click.option("--asset-bidx", multiple=True, help="Bands of a multi-band asset in --assets: asset|index,… (e.g. visual|1,2,3).")
 @click.option("--expression", help="Band math; ';' separates output bands.")
 @click.option("--index", "index_", help="Named spectral index (ndvi, ...).")
 @click.option("--datetime", "datetime_", help="RFC 3339 instant or interval start/end.")
@@ -94,7 +95,7 @@ def _geometry(text: str | None):
               help="A JSON request (the POST /exports body); options override its fields.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait with a progress bar, or print the id at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
-def export(collection, preset, assets, expression, index_, datetime_, method, p, cloud_mask, mask_dilation, correction, max_cloud,
+def export(collection, preset, assets, asset_bidx, expression, index_, datetime_, method, p, cloud_mask, mask_dilation, correction, max_cloud,
            max_items, sortby, bbox, bbox_crs, geometry, crs, resolution, format_, destination, overwrite, on_error, executor,
            chunk_size, request_file, wait, as_json):
     """Export a composite of COLLECTION over an area as a COG (same request as POST /exports)."""
@@ -102,7 +103,8 @@ def export(collection, preset, assets, expression, index_, datetime_, method, p,
 
     body = json.loads(Path(request_file).read_text()) if request_file else {}
     given = {
-        "collection": collection, "preset": preset, "assets": assets, "expression": expression, "index": index_,
+        "collection": collection, "preset": preset, "assets": assets, "asset_bidx": list(asset_bidx) or None,
+        "expression": expression, "index": index_,
         "datetime": datetime_, "method": method, "p": p, "cloud_mask": cloud_mask, "mask_dilation": mask_dilation,
         "correction": correction,
         "max_cloud": max_cloud, "max_items": max_items, "sortby": sortby, "bbox_crs": bbox_crs,

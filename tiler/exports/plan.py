@@ -121,7 +121,8 @@ class ExportPlan:
 
     def recipe_object(self) -> Recipe:
         return Recipe(
-            assets=tuple(self.recipe["assets"]), expression=self.recipe["expression"], index=self.recipe["index"]
+            assets=tuple(self.recipe["assets"]), expression=self.recipe["expression"], index=self.recipe["index"],
+            asset_bidx=tuple((name, tuple(bands)) for name, bands in self.recipe.get("asset_bidx", ())),
         )
 
     def compositing_object(self) -> Compositing:

@@ -55,6 +55,9 @@ class ExportRequest(BaseModel):
     assets: list[str] | str | None = Field(None, description="Band combination (list or comma-separated).")
     expression: str | None = Field(None, description="Band math; `;` separates output bands.")
     index: str | None = Field(None, description="Named spectral index.")
+    asset_bidx: list[str] | str | None = Field(
+        None, description="Bands of multi-band assets in `assets`: `{asset}|{index},…` (e.g. visual|1,2,3), one per asset."
+    )
     datetime: str | None = Field(None, description="RFC 3339 instant or interval `start/end`.")
     method: str | None = Field(None, description="Compositing method (default median, or the preset's).")
     p: float | None = Field(None, ge=0, le=100, description="Percentile for method=percentile.")
@@ -145,6 +148,7 @@ def prepare(
     matching = _scenes(catalog, collection, area, footprint, selection)
     newest = max(matching, key=lambda item: item.datetime)
     try:
+        recipe = recipe.for_item(newest)
         keys = recipe.resolve(newest)
     except NotFound as error:
         raise InvalidParameter(recipe_field, str(error)) from None
@@ -175,7 +179,8 @@ def prepare(
     return ExportPlan(
         id=export_id,
         collection=collection.id,
-        recipe={"assets": list(recipe.assets), "expression": recipe.expression, "index": recipe.index},
+        recipe={"assets": list(recipe.assets), "expression": recipe.expression, "index": recipe.index,
+                "asset_bidx": [[name, list(bands)] for name, bands in recipe.asset_bidx]},
         compositing={
             "method": compositing.method,
             "p": compositing.p,
@@ -220,11 +225,11 @@ def _pick(request_value, preset_value):
 
 def _recipe(request: ExportRequest, preset) -> tuple[Recipe, str]:
     """The recipe (the request's, else the preset's) and the field that names it."""
-    assets = [request.assets] if isinstance(request.assets, str) else request.assets
+    assets, asset_bidx = ([value] if isinstance(value, str) else value for value in (request.assets, request.asset_bidx))
     if preset is not None and not (assets or request.expression or request.index):
         recipe = preset.recipe
     else:
-        recipe = Recipe.from_params(assets, request.expression, request.index)
+        recipe = Recipe.from_params(assets, request.expression, request.index, asset_bidx)
     return recipe, "assets" if recipe.assets else "expression" if recipe.expression else "index"
 
 
