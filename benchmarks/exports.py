@@ -141,7 +141,8 @@ def run_tiles(home: Path, bounds: list[float], crs: str, size: int, samples: int
 
     os.environ["JEO_HOME"] = str(home)
     from mosaics.catalog import Catalog
-    from mosaics.composite import CloudMask, Compositing, Selection, composite
+    from mosaics.cloudmasks import CloudMask
+    from mosaics.composite import Compositing, Selection, composite
     from mosaics.recipe import Recipe
     from rasterio.crs import CRS
     from rasterio.transform import from_bounds

@@ -17,9 +17,8 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.composite import (
-    CloudMask, Compositing, Observations, Selection, candidates, composite, explain_point, observe,
-)
+from mosaics.cloudmasks import CloudMask, default_cloud_mask
+from mosaics.composite import Compositing, Observations, Selection, candidates, composite, explain_point, observe
 from mosaics.corrections import Corrector, check as check_correction
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
@@ -46,18 +45,6 @@ class CollectionStack:
         grid and default-mask decisions."""
         found = self.catalog.search(self.collection.id, intersects=intersects, datetime=self.selection.datetime, limit=1)
         return found[0] if found else None
-
-
-def default_cloud_mask(item: Item | None) -> CloudMask:
-    """SCL where the items have it, else cloud probability > 40 %, else a QA band, else none."""
-    if item is not None:
-        for mask in (CloudMask("scl"), CloudMask("cloud_probability", 40.0), CloudMask("qa")):
-            try:
-                mask.asset_key(item)
-                return mask
-            except InvalidParameter:
-                continue
-    return CloudMask("none")
 
 
 @attr.s
@@ -197,7 +184,7 @@ class CollectionReader(SpatialMixin):
             return
         if image:
             limits.check_outputs(recipe)
-        bands = len(recipe.names) + (2 if compositing.method == "max_ndvi" else 0) + 1  # NDVI bands, mask
+        bands = compositing.kind.scene_bands(len(recipe.names)) + 1  # and the mask
         estimate = MemoryEstimate(
             self.input.selection.max_items, bands, len(recipe.descriptions), grid.width, grid.height,
             compositing.mask_dilation,

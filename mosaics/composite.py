@@ -21,69 +21,18 @@ import numpy as np
 from rasterio.crs import CRS
 from rio_tiler.errors import RioTilerError
 
-from algorithms import composite as kernels
-from algorithms import indices, masks
+from algorithms import masks
 from mosaics.catalog import Catalog
-from mosaics.corrections import CORRECTIONS, Corrector
+from mosaics.cloudmasks import CloudMask
+from mosaics.corrections import Corrector, get_correction
 from mosaics.errors import InvalidParameter, NotFound, SceneReadError
 from mosaics.grid import Grid
-from mosaics.models import Item, band_key
+from mosaics.methods import METHODS, Method, get_method
+from mosaics.models import Item
 from mosaics.reader import READ_ERRORS, read_pixel, read_window
 from mosaics.recipe import Recipe
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("first", "median", "percentile", "mean", "max_ndvi", "medoid", "geomedian", "count")
-SELECTING = ("first", "max_ndvi", "medoid")
-MASK_ASSETS = {"scl": ("scl", "SCL"), "cloud_probability": ("cloud_probability", "CLDPRB", "CLP"), "qa": ("qa", "qa_pixel", "BQA")}
-
-
-@dataclass(frozen=True)
-class CloudMask:
-    """Which per-pixel cloud mask marks observations unusable: `scl`, `cloud_probability:<percent>`, `qa`, `none`."""
-
-    kind: str = "none"
-    threshold: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> CloudMask:
-        """Parse the `cloud_mask` parameter."""
-        kind, _, value = text.partition(":")
-        if kind not in ("scl", "cloud_probability", "qa", "none"):
-            raise InvalidParameter("cloud_mask", f"'{text}' is not one of scl, cloud_probability:<0-100>, qa, none")
-        if kind == "cloud_probability":
-            try:
-                threshold = float(value or 40)
-            except ValueError:
-                raise InvalidParameter("cloud_mask", f"threshold '{value}' is not a number") from None
-            if not 0 <= threshold <= 100:
-                raise InvalidParameter("cloud_mask", f"threshold {threshold} is outside 0–100")
-            return cls(kind, threshold)
-        if value:
-            raise InvalidParameter("cloud_mask", f"'{kind}' takes no threshold")
-        return cls(kind)
-
-    def asset_key(self, item: Item) -> str | None:
-        """The band key (`Item.band`) of the item's band holding this mask: an asset, or a band of a multi-band asset
-        named in its `eo:bands` (None for `none`)."""
-        if self.kind == "none":
-            return None
-        for name in MASK_ASSETS[self.kind]:
-            if name in item.assets:
-                return name
-            for asset in item.assets.values():
-                if name in asset.names:
-                    return band_key(asset.key, asset.band_of(name))
-        raise InvalidParameter("cloud_mask", f"item '{item.id}' has no {self.kind} asset")
-
-    def valid(self, raw: np.ndarray) -> np.ndarray:
-        """`bool[H, W]` usable pixels from the mask asset's raw values `raw[H, W]`."""
-        if self.kind == "scl":
-            return masks.scl_valid(raw)
-        if self.kind == "cloud_probability":
-            return masks.cloud_probability_valid(raw, self.threshold)
-        return masks.bqa_valid(raw)
-
 
 @dataclass(frozen=True)
 class Compositing:
@@ -97,14 +46,17 @@ class Compositing:
     correction: str = "none"
 
     def __post_init__(self):
-        if self.correction not in CORRECTIONS:
-            raise InvalidParameter("correction", f"'{self.correction}' is not one of {', '.join(CORRECTIONS)}")
-        if self.method not in METHODS:
-            raise InvalidParameter("method", f"'{self.method}' is not one of {', '.join(METHODS)}")
-        if self.method == "percentile" and self.p is None:
-            raise InvalidParameter("p", "is required with method=percentile")
-        if self.provenance and self.method not in SELECTING:
-            raise InvalidParameter("provenance", f"needs a selecting method ({', '.join(SELECTING)}), not {self.method}")
+        get_correction(self.correction)
+        if self.kind.needs_p and self.p is None:
+            raise InvalidParameter("p", f"is required with method={self.method}")
+        if self.provenance and not self.kind.selects:
+            selecting = ", ".join(m.name for m in METHODS.values() if m.selects)
+            raise InvalidParameter("provenance", f"needs a selecting method ({selecting}), not {self.method}")
+
+    @property
+    def kind(self) -> Method:
+        """The registered method (InvalidParameter naming `method` if there is none)."""
+        return get_method(self.method)
 
 
 @dataclass(frozen=True)
@@ -177,9 +129,8 @@ def candidates(catalog: Catalog, collection_id: str, area: Grid | tuple[float, f
 def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str]:
     """Band name → band key for everything the recipe and the method read."""
     keys = recipe.resolve(item)
-    if compositing.method == "max_ndvi":
-        for name in indices.INDICES["ndvi"].bands:
-            keys.setdefault(name, item.band(name))
+    for name in compositing.kind.extra_bands:
+        keys.setdefault(name, item.band(name))
     return keys
 
 
@@ -223,26 +174,6 @@ def _read_scene(
     return Observation(item, bands[(slice(None), *inner)], valid[inner], None if mask_value is None else mask_value[inner])
 
 
-def _kernel(compositing: Compositing, names: list[str]) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    method = compositing.method
-    if method == "median":
-        return lambda s, v: (kernels.median(s, v), None)
-    if method == "percentile":
-        return lambda s, v: (kernels.percentile(s, v, compositing.p), None)
-    if method == "mean":
-        return lambda s, v: (kernels.mean(s, v), None)
-    if method == "geomedian":
-        return lambda s, v: (kernels.geomedian(s, v), None)
-    if method == "first":
-        return lambda s, v: kernels.first_valid(s, v, return_index=True)
-    if method == "medoid":
-        return lambda s, v: kernels.medoid(s, v, return_index=True)
-    if method == "max_ndvi":
-        nir, red = (names.index(b) for b in indices.INDICES["ndvi"].bands)
-        return lambda s, v: kernels.max_score(s, v, indices.ndvi(s[:, nir], s[:, red]), return_index=True)
-    raise InvalidParameter("method", method)
-
-
 @dataclass
 class Observations:
     """The selected scenes' usable values on a grid (or at a point), before compositing."""
@@ -273,8 +204,9 @@ def observe(
 ) -> Observations:
     """Read every selected scene that touches `grid` (or a (lon, lat) point): physical bands, masks, corrections.
 
-    `items` are the `candidates` when the caller already selected them. Unreadable scenes are skipped and reported. With `method=first`, scenes are read in order, in batches of
-    1, 2, 4, …, until every pixel has a usable observation.
+    `items` are the `candidates` when the caller already selected them. Unreadable scenes are skipped and
+    reported. With an `in_order` method (`first`), scenes are read in order, in batches of 1, 2, 4, …, until
+    every pixel has a usable observation.
     """
     timings = Timings()
     read_options = read_options or {}
@@ -298,7 +230,7 @@ def observe(
             return None
 
     with timings.stage("read"):
-        if compositing.method == "first":
+        if compositing.kind.in_order:
             filled, start, batch = None, 0, 1
             while start < len(items) and (filled is None or not filled.all()):
                 for scene in pool.map(read, items[start:start + batch]):
@@ -335,12 +267,12 @@ def composite(
         stack = np.stack([s.bands for s in scenes])
         valid = np.stack([s.valid for s in scenes])
     with timings.stage("kernel"):
-        if compositing.method == "count":
-            values, index = kernels.count(valid).astype(np.float32)[np.newaxis], None
-            descriptions = ["count"]
+        method = compositing.kind
+        values, index = method.kernel(stack, valid, names, compositing.p)
+        if method.output is not None:
+            descriptions = [method.output]
         else:
-            composited, index = _kernel(compositing, names)(stack, valid)
-            values = recipe.evaluate({name: composited[i] for i, name in enumerate(names)})
+            values = recipe.evaluate({name: values[i] for i, name in enumerate(names)})
             descriptions = recipe.descriptions
         if index is not None:
             # index into `items` (selection order), not into the read scenes
@@ -381,17 +313,17 @@ def explain_point(
     names = list(_keys(recipe, reading, result.scenes[0].item))
     stack = np.stack([o.bands for o in result.scenes])
     valid = np.stack([o.valid for o in result.scenes])
-    methods: dict[str, dict] = {"count": {"values": [int(valid.sum())]}}
-    for method in METHODS:
-        if method == "count" or (method == "max_ndvi" and not set(indices.INDICES["ndvi"].bands) <= set(names)):
+    methods: dict[str, dict] = {}
+    for method in METHODS.values():
+        if not set(method.extra_bands) <= set(names):
             continue
-        chosen = Compositing(method, 50.0 if method == "percentile" else None, compositing.cloud_mask)
-        values, index = _kernel(chosen, names)(stack, valid)
-        output = recipe.evaluate({name: values[i] for i, name in enumerate(names)})
+        p = 50.0 if method.needs_p else None
+        values, index = method.kernel(stack, valid, names, p)
+        output = values if method.output is not None else recipe.evaluate({n: values[i] for i, n in enumerate(names)})
         entry: dict = {"values": [None if np.isnan(v) else float(v) for v in output[:, 0, 0]]}
         if index is not None:
             entry["item"] = result.scenes[int(index[0, 0])].item.id if index[0, 0] >= 0 else None
-        methods["percentile_50" if method == "percentile" else method] = entry
+        methods[f"{method.name}_{p:g}" if method.needs_p else method.name] = entry
     observed = {o.item.id: o for o in result.scenes}
     items = []
     for item in result.items:

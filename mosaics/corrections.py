@@ -1,4 +1,5 @@
-"""Radiometric corrections per scene: which `algorithms.corrections` kernel applies and with which metadata.
+"""Radiometric corrections per scene (`correction=`): one `Correction` entry each in `CORRECTIONS`, read by
+validation, reading and docs; which `algorithms.corrections` kernel applies and with which metadata.
 
 `none` uses the catalog's scale/offset; `s2_harmonize` makes Sentinel-2 products of every processing
 baseline comparable (BOA/RADIO_ADD_OFFSET, never applied twice); `toa` turns Landsat Level-1 DN into
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,7 +28,6 @@ from mosaics.reader import to_physical
 from mosaics.stac import read_text
 
 logger = logging.getLogger(__name__)
-CORRECTIONS = ("none", "s2_harmonize", "toa", "dos")
 DISPLAY_ROLES = ("visual", "overview", "thumbnail")  # STAC roles of display-ready (e.g. 8-bit true colour) assets
 _LANDSAT_BAND = re.compile(r"^B(\d{1,2})$")
 
@@ -65,12 +66,57 @@ def _toa(item: Item, keys: list[str], dn: np.ndarray) -> np.ndarray:
     return kernels.landsat_toa_reflectance(dn, mult, add, float(mtl["SUN_ELEVATION"]), nodata=None)
 
 
+def _check_s2_harmonize(item: Item, keys: Sequence[str]) -> None:
+    if not item.processing_baseline:
+        raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
+
+
+def _check_level1(name: str) -> Callable[[Item, Sequence[str]], None]:
+    def check_level1(item: Item, keys: Sequence[str]) -> None:
+        if "mtl" not in item.assets and (item.properties.get("processing:level") or "").upper() != "L1C":
+            raise InvalidParameter("correction", f"{name} needs a Level-1 (TOA) product; '{item.id}' is not one")
+        if "mtl" in item.assets:
+            _reflectance_bands(item, list(keys))
+
+    return check_level1
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A per-scene radiometric correction."""
+
+    name: str
+    description: str
+    check: Callable[[Item, Sequence[str]], None]  # InvalidParameter when it cannot apply to the item's assets
+    apply: Callable[[Corrector, Item, list[str], np.ma.MaskedArray], np.ndarray]  # raw DN → float32 physical
+    display: bool = False  # applies to display data (`DISPLAY_ROLES`) too
+
+
+CORRECTIONS: dict[str, Correction] = {c.name: c for c in (
+    Correction("none", "catalog scale/offset", lambda item, keys: None,
+               lambda corrector, item, keys, raw: to_physical(raw, item, keys), display=True),
+    Correction("s2_harmonize", "Sentinel-2 baseline ≥ 04.00 offset", _check_s2_harmonize,
+               lambda corrector, item, keys, raw: corrector.harmonized(item, raw)),
+    Correction("toa", "Landsat L1 DN → TOA reflectance, MTL", _check_level1("toa"),
+               lambda corrector, item, keys, raw: corrector.toa(item, keys, raw)),
+    Correction("dos", "DOS1 dark-object subtraction on TOA, dark values once per scene", _check_level1("dos"),
+               lambda corrector, item, keys, raw: corrector.dos(item, keys, raw)),
+)}  # fmt: skip
+
+
+def get_correction(name: str) -> Correction:
+    """The registered correction called `name` (InvalidParameter naming `correction` otherwise)."""
+    try:
+        return CORRECTIONS[name]
+    except KeyError:
+        raise InvalidParameter("correction", f"'{name}' is not one of {', '.join(CORRECTIONS)}") from None
+
+
 def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:
     """InvalidParameter naming `correction` when it cannot apply to `item` or its band keys `keys` (checked
-    before reading): display data (`DISPLAY_ROLES`) is never corrected."""
-    if correction not in CORRECTIONS:
-        raise InvalidParameter("correction", f"'{correction}' is not one of {', '.join(CORRECTIONS)}")
-    if correction != "none":
+    before reading): display data (`DISPLAY_ROLES`) is corrected only by corrections for it."""
+    chosen = get_correction(correction)
+    if not chosen.display:
         for key in keys:
             asset = item.source(key)[0]
             if display := set(DISPLAY_ROLES) & set(asset.roles):
@@ -78,13 +124,12 @@ def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:
                     "correction", f"{correction} applies to measured values; asset '{asset.key}' of item '{item.id}' is "
                     f"display data (role {', '.join(sorted(display))})",
                 )
-    if correction == "s2_harmonize" and not item.processing_baseline:
-        raise InvalidParameter("correction", f"s2_harmonize needs s2:processing_baseline; '{item.id}' has none")
-    if correction in ("toa", "dos"):
-        if "mtl" not in item.assets and (item.properties.get("processing:level") or "").upper() != "L1C":
-            raise InvalidParameter("correction", f"{correction} needs a Level-1 (TOA) product; '{item.id}' is not one")
-        if "mtl" in item.assets:
-            _reflectance_bands(item, list(keys))
+    chosen.check(item, keys)
+
+
+def describe() -> str:
+    """One line per correction, for OpenAPI and CLI help."""
+    return ", ".join(f"{c.name} ({c.description})" for c in CORRECTIONS.values())
 
 
 class Corrector:
@@ -105,15 +150,25 @@ class Corrector:
     def physical(self, correction: str, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
         """`float32[len(keys), H, W]` corrected values of raw DN `raw[len(keys), H, W]`; masked → NaN."""
         check(correction, item, keys)
-        if correction == "none":
-            return to_physical(raw, item, keys)
-        if correction == "s2_harmonize":
-            applied = bool(item.properties.get("earthsearch:boa_offset_applied", False))
-            out = kernels.s2_reflectance(raw.data, item.processing_baseline, offset_applied=applied, nodata=None)
-        else:
-            out = self._toa_like(item, keys, raw.data)
-            if correction == "dos":
-                out = kernels.dos1(out, [self.dark_value(item, k) for k in keys])
+        return get_correction(correction).apply(self, item, keys, raw)
+
+    @staticmethod
+    def harmonized(item: Item, raw: np.ma.MaskedArray) -> np.ndarray:
+        """Sentinel-2 reflectance comparable across processing baselines."""
+        applied = bool(item.properties.get("earthsearch:boa_offset_applied", False))
+        out = kernels.s2_reflectance(raw.data, item.processing_baseline, offset_applied=applied, nodata=None)
+        out[np.ma.getmaskarray(raw)] = np.nan
+        return out
+
+    def toa(self, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
+        """TOA reflectance."""
+        out = self._toa_like(item, keys, raw.data)
+        out[np.ma.getmaskarray(raw)] = np.nan
+        return out
+
+    def dos(self, item: Item, keys: list[str], raw: np.ma.MaskedArray) -> np.ndarray:
+        """DOS1: TOA reflectance less each band's dark value."""
+        out = kernels.dos1(self._toa_like(item, keys, raw.data), [self.dark_value(item, k) for k in keys])
         out[np.ma.getmaskarray(raw)] = np.nan
         return out
 

@@ -15,9 +15,9 @@ from titiler.core import dependencies as titiler
 from titiler.core.dependencies import DefaultDependency
 
 from algorithms.indices import INDICES
+from mosaics import cloudmasks, corrections, methods
 from mosaics.collection_reader import CollectionStack
-from mosaics.composite import METHODS, Selection
-from mosaics.corrections import CORRECTIONS
+from mosaics.composite import Selection
 from mosaics.errors import InvalidParameter
 from mosaics.limits import Limits, MemoryBudget
 from mosaics.models import Item
@@ -240,15 +240,12 @@ class MaskParams(RecipeParams):
 
     cloud_mask: Annotated[
         str | None,
-        Query(description="Unusable pixels: `scl` (Sentinel-2 classes 0, 1, 3, 8, 9, 10), "
-              "`cloud_probability:<percent>`, `qa` (Landsat QA cloud bits) or `none`. Default: the collection's."),
+        Query(description=f"Unusable pixels: {cloudmasks.describe()}. Default: the collection's."),
     ] = None
     mask_dilation: Annotated[int, Query(ge=0, le=50, description="Grow masked areas by this many pixels.")] = 0
     correction: Annotated[
-        Literal[CORRECTIONS],
-        Query(description="Per-scene radiometric correction before compositing: none (catalog scale/offset), "
-              "s2_harmonize (Sentinel-2 baseline ≥ 04.00 offset), toa (Landsat L1 DN → TOA reflectance, MTL), "
-              "dos (DOS1 dark-object subtraction on TOA, dark values once per scene)."),
+        Literal[tuple(corrections.CORRECTIONS)],
+        Query(description=f"Per-scene radiometric correction before compositing: {corrections.describe()}."),
     ] = "none"
 
 
@@ -257,9 +254,8 @@ class CompositeParams(MaskParams):
     """How the scenes are composited per pixel."""
 
     method: Annotated[
-        Literal[METHODS],
-        Query(description="Per-pixel compositing: first (in sortby order), median, percentile (with `p`), mean, "
-              "max_ndvi (greenest observation), medoid, geomedian (Weiszfeld), count (usable observations)."),
+        Literal[tuple(methods.METHODS)],
+        Query(description=f"Per-pixel compositing: {methods.describe()}."),
     ] = "median"
     p: Annotated[float | None, Query(ge=0, le=100, description="Percentile for method=percentile.")] = None
     provenance: Annotated[

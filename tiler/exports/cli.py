@@ -62,6 +62,19 @@ def _geometry(text: str | None):
     return data
 
 
+def _registered(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--method` or `--correction` checked against its registry (imported only when given: it loads kernels)."""
+    if value is None:
+        return value
+    if param.name == "method":
+        from mosaics.methods import METHODS as names
+    else:
+        from mosaics.corrections import CORRECTIONS as names
+    if value not in names:
+        raise click.BadParameter(f"'{value}' is not one of {', '.join(names)}", param=param)
+    return value
+
+
 @click.command("export")
 @click.argument("collection")
 @click.option("--preset", help="A preset of the collection (recipe, method, cloud mask, period).")
@@ -70,12 +83,13 @@ def _geometry(text: str | None):
 @click.option("--expression", help="Band math; ';' separates output bands.")
 @click.option("--index", "index_", help="Named spectral index (ndvi, ...).")
 @click.option("--datetime", "datetime_", help="RFC 3339 instant or interval start/end.")
-@click.option("--method", help="median (default), percentile, mean, first, max_ndvi, medoid, geomedian, count.")
+@click.option("--method", callback=_registered,
+              help="Compositing method (default median): a `method` of the composite endpoints (first, median, …).")
 @click.option("--p", type=float, help="Percentile for --method percentile.")
-@click.option("--cloud-mask", help="scl, cloud_probability:<percent>, qa or none.")
+@click.option("--cloud-mask", help="A `cloud_mask` of the composite endpoints (default: the collection's).")
 @click.option("--mask-dilation", type=int, help="Grow masked areas by this many pixels.")
-@click.option("--correction", type=click.Choice(["none", "s2_harmonize", "toa", "dos"]),
-              help="Per-scene correction before compositing (default none).")
+@click.option("--correction", callback=_registered,
+              help="Per-scene correction before compositing (default none): a `correction` of the endpoints.")
 @click.option("--max-cloud", type=float, help="Only scenes with eo:cloud_cover at most this.")
 @click.option("--max-items", type=int, help="At most this many scenes per chunk.")
 @click.option("--sortby", help="Scene order (default -datetime).")

@@ -16,7 +16,8 @@ from typing import Any
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from mosaics.composite import CloudMask, Compositing, Selection
+from mosaics.cloudmasks import CloudMask
+from mosaics.composite import Compositing, Selection
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.limits import MemoryEstimate

@@ -24,11 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rasterio.transform import Affine
 from rio_tiler.types import RIOResampling, WarpResampling
 
-from algorithms import indices
 from mosaics.area import WGS84, Area, output_crs, pixel_size
 from mosaics.catalog import Catalog
-from mosaics.collection_reader import default_cloud_mask
-from mosaics.composite import CloudMask, Compositing, Selection
+from mosaics.cloudmasks import CloudMask, default_cloud_mask
+from mosaics.composite import Compositing, Selection
 from mosaics.corrections import check as check_correction
 from mosaics.errors import InvalidParameter, NotFound
 from mosaics.grid import Grid
@@ -153,7 +152,7 @@ def prepare(
     except NotFound as error:
         raise InvalidParameter(recipe_field, str(error)) from None
     compositing = _compositing(request, preset, newest, keys)
-    descriptions = ["count"] if compositing.method == "count" else list(recipe.descriptions)
+    descriptions = [compositing.kind.output] if compositing.kind.output else list(recipe.descriptions)
     grid, resolution = _output_grid(request, area, newest, keys, len(descriptions), config)
     km2 = abs(_GEOD.geometry_area_perimeter(footprint)[0]) / 1e6
     if km2 > config.max_area_km2:
@@ -165,7 +164,7 @@ def prepare(
     )  # fmt: skip
     transform = _transform(grid, resolution)
     items, item_reads = _item_counts(catalog, collection, grid, transform, chunk_size, matching, selection)
-    bands_read = len(dict.fromkeys(keys.values())) + (2 if compositing.method == "max_ndvi" else 0) + 1
+    bands_read = compositing.kind.scene_bands(len(dict.fromkeys(keys.values()))) + 1
     chunk_memory = MemoryEstimate(
         min(len(matching), selection.max_items), bands_read, len(descriptions), min(chunk_size, grid.width),
         min(chunk_size, grid.height), request.mask_dilation,
@@ -297,12 +296,11 @@ def _compositing(request: ExportRequest, preset, newest: Item, keys: dict[str, s
     compositing = Compositing(method, p, mask, request.mask_dilation, correction=request.correction)
     check_correction(compositing.correction, newest, list(dict.fromkeys(keys.values())))
     mask.asset_key(newest)
-    if method == "max_ndvi":
-        for band in indices.INDICES["ndvi"].bands:
-            try:
-                newest.asset(band)
-            except NotFound as error:
-                raise InvalidParameter("method", f"max_ndvi needs {band}: {error}") from None
+    for band in compositing.kind.extra_bands:
+        try:
+            newest.asset(band)
+        except NotFound as error:
+            raise InvalidParameter("method", f"{method} needs {band}: {error}") from None
     return compositing
 
 
