@@ -434,45 +434,6 @@ def test_export_of_a_dead_server_on_another_host_is_taken_over_by_heartbeat_age(
     assert_merged_once(fserver, done)
 
 
-def test_leases_fence_a_process_that_lost_its_lease(tmp_path):
-    """Store level: a lease held by a live process cannot be taken; once the process is gone it can, with a new
-    token, and the old token can no longer record chunks, claim chunks or finish the export."""
-    from tiler.exports.leases import MERGE, RUN, process_token
-    from tiler.exports.plan import ExportPlan, ExportRecord, now
-    from tiler.exports.store import ExportStore
-
-    store = ExportStore(tmp_path / "catalog.db", lease_timeout=4)
-    plan = ExportPlan(
-        id="e1", collection=C, recipe={}, compositing={}, selection={}, read_options={}, crs="EPSG:32633",
-        transform=[120.0, 0.0, 0.0, 0.0, -120.0, 0.0], width=512, height=256, chunk_size=256, format="cog",
-        destination={"kind": "local", "path": str(tmp_path / "e1.tif"), "name": "e1.tif"}, descriptions=["red"],
-        executor="local", work_dir=str(tmp_path / "work"),
-    )  # fmt: skip
-    store.insert(ExportRecord(id="e1", status="queued", collection=C, executor="local", request={}, plan=plan,
-                              created=now(), chunks_total=2))
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        first = store.acquire("e1", RUN, process_token(sleeper.pid))
-        assert first == 1 and store.acquire("e1", RUN, process_token()) is None
-        assert store.claim_chunk("e1", 2, "pid:1", first) == 0
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    second = store.acquire("e1", RUN, process_token(), resume=True)
-    assert second == 2 and store.get("e1").attempts == 1
-    assert store.claim_chunk("e1", 2, "pid:1", first) is None  # the old holder's workers stop
-    assert not store.chunk_finished("e1", 0, "pid:1", "done", fence=(RUN, first))
-    assert store.chunk_finished("e1", 0, "pid:1", "done", fence=(RUN, second))
-    assert store.acquire("e1", MERGE, "another-host.example:1:1") == 1
-    assert store.acquire("e1", MERGE, process_token()) is None  # fresh heartbeat from another host
-    sqlite3.connect(tmp_path / "catalog.db", isolation_level=None).execute(
-        "UPDATE export_leases SET heartbeat = heartbeat - 5 WHERE name = 'merge'")
-    assert store.acquire("e1", MERGE, process_token()) == 2  # its heartbeat is 5 s old: taken over
-    assert not store.transition("e1", "finished", fence=(MERGE, 1), result="x")
-    assert store.transition("e1", "finished", fence=(MERGE, 2), result="x") and store.get("e1").merges == 2
-    assert store.acquire("e1", MERGE, process_token()) is None  # finished: no more merges
-
-
 # --- SLURM faults --------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Several tile servers sharing a PostgreSQL/pgSTAC catalog behind Debian's nginx (docker/nginx.conf), started by
 scripts/scale-out-start.sh on loopback: tiles byte-identical to a single SQLite server's, public URLs with the proxy's
-prefix, the proxy's cache and gzip, failover."""
+prefix, the proxy's cache and gzip, exports shared by every server, failover."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class Proxied:
     directory: Path
     servers: dict[str, int]
     catalog_url: str
+    home: Path  # shared by the servers (as a shared file system would be)
 
     def get(self, path: str, **kwargs) -> httpx.Response:
         return httpx.get(self.url + path, timeout=120, **kwargs)
@@ -70,7 +72,7 @@ def proxied(tmp_path_factory, shared_data, postgres) -> Proxied:
     )
     assert started.returncode == 0, started.stderr  # the script stops what it started when it fails
     servers = {url: int(pid) for url, pid in (line.split() for line in (directory / "servers").read_text().splitlines())}
-    yield Proxied(started.stdout.strip().splitlines()[-1], directory, servers, catalog_url)
+    yield Proxied(started.stdout.strip().splitlines()[-1], directory, servers, catalog_url, home)
     subprocess.run(["bash", "scripts/scale-out-stop.sh", str(directory)], cwd=REPO_ROOT, timeout=120, check=True)
 
 
@@ -160,6 +162,52 @@ def test_tilejson_stac_and_docs_carry_the_proxy_url_and_prefix(proxied):
     assert links and all(href.startswith(proxied.url) for href in links)
     assert f"url: '{PREFIX}/openapi.json'" in proxied.get("/docs").text
     assert proxied.get("/openapi.json").status_code == 200
+
+
+EXPORT = {"collection": C, "assets": ["red", "green", "blue"], "method": "median", "datetime": "2023-08-01/2023-08-31",
+          "bbox": [499980, 5090220, 609780, 5200020], "bbox_crs": "EPSG:32633", "executor": "local"}  # all of 33TWM
+
+
+def test_exports_submitted_through_one_server_are_shared_by_all(proxied):
+    """Exports submitted through server A are listed and readable through B and the proxy, cancelled through B and
+    through the proxy (A stops their workers), and a finished one downloads from B: the records are in
+    PostgreSQL, the files on the shared file system."""
+    a, b = proxied.servers
+
+    def submit(body: dict) -> str:
+        response = httpx.post(f"{a}/exports", json={**EXPORT, **body}, timeout=120)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    small = submit({"resolution": 960, "destination": "scale-out/small"})
+    large = [submit({"resolution": 60, "chunk_size": 256, "destination": f"scale-out/large-{i}"}) for i in (1, 2)]
+    import psycopg
+
+    with psycopg.connect(proxied.catalog_url) as conn:  # the records are PostgreSQL rows, not a host's SQLite file
+        assert {small, *large} <= {row[0] for row in conn.execute("SELECT id FROM jeo.exports")}
+    for base in (b, proxied.url):
+        listed = httpx.get(f"{base}/exports", params={"limit": 100}, timeout=60).json()["exports"]
+        assert {small, *large} <= {export["id"] for export in listed}, base
+        for export_id in large:
+            record = httpx.get(f"{base}/exports/{export_id}", timeout=60).json()
+            assert record["status"] in ("queued", "running") and record["progress"]["chunks_total"] == 64, record
+            assert record["links"][0]["href"].endswith(f"{PREFIX}/exports/{export_id}")  # the public URL
+    for base, export_id in zip((b, proxied.url), large):
+        assert httpx.delete(f"{base}/exports/{export_id}", timeout=60).json()["status"] == "canceled"
+        assert httpx.get(f"{a}/exports/{export_id}", timeout=60).json()["status"] == "canceled"
+    deadline = time.monotonic() + 120
+    while True:
+        record = httpx.get(f"{b}/exports/{small}", timeout=60).json()
+        left = [i for i in large if (proxied.home / "exports-work" / i).exists()]  # A removes canceled work
+        if record["status"] not in ("queued", "running") and not left:
+            break
+        assert time.monotonic() < deadline, (record, left)
+        time.sleep(0.5)
+    assert record["status"] == "finished" and record["result"] == "scale-out/small.tif", record
+    result = httpx.get(f"{b}/exports/{small}/result", timeout=60)
+    assert result.status_code == 200
+    assert result.content == (proxied.home / "exports" / "scale-out" / "small.tif").read_bytes()
+    assert not any((proxied.home / "exports" / "scale-out" / f"large-{i}.tif").exists() for i in (1, 2))
 
 
 def test_killing_a_server_mid_load_loses_no_request(proxied, server):

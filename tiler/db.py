@@ -1,11 +1,13 @@
-"""The database of the server's own records (access control; export records are the next to move): the catalog's SQLite file, or the
+"""The database of the server's own records (access control, exports): the catalog's SQLite file, or the
 PostgreSQL database of a `postgresql://` catalog, so that every server sharing that catalog shares them.
 
 Stores write their SQL once, in the dialect both understand: `?` placeholders, `ON CONFLICT`,
-`IS NOT DISTINCT FROM`, `RETURNING`, `CREATE TABLE IF NOT EXISTS` with TEXT/INTEGER/REAL columns
-(`INTEGER PRIMARY KEY` numbers rows on both). A `Database` runs it: `execute` for single statements
-(autocommit), `transaction()` for several (SQLite: `BEGIN IMMEDIATE`). Rows are indexed by name or
-position on both.
+`IS NOT DISTINCT FROM`, `RETURNING`, `CREATE TABLE IF NOT EXISTS` with TEXT/INTEGER/DOUBLE PRECISION
+columns (`INTEGER PRIMARY KEY` numbers rows on both), partial unique indexes. A `Database` runs it:
+`execute` for single statements (autocommit), `transaction()` for several (SQLite: `BEGIN IMMEDIATE`,
+which locks the database; PostgreSQL: rows read with `… {db.for_update}` stay locked until the end of
+the transaction). Rows are indexed by name or position on both; `unique_violation` recognises either
+backend's unique constraint error.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ SCHEMA_NAME = "jeo"  # PostgreSQL schema of the records, beside pgSTAC's
 
 class Database(ABC):
     """One database of records; safe to share between threads."""
+
+    for_update: str = ""  # appended to a SELECT in a transaction: locks the rows read until it ends
+
+    @abstractmethod
+    def columns(self, table: str) -> set[str]:
+        """The column names of `table` (empty if there is no such table)."""
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -49,13 +57,23 @@ class Transaction(ABC):
 
 
 
-def open_database(location: str | Path, schema: str, added_columns: dict[tuple[str, str], str] | None = None) -> Database:
+def open_database(
+    location: str | Path, schema: str, added_columns: dict[tuple[str, str], str] | None = None, indexes: str = ""
+) -> Database:
     """The records database at `location` (a `postgresql://` URL, else a SQLite file path) with the
-    `CREATE … IF NOT EXISTS` statements of `schema` run and the (table, column): definition columns that a
-    database made by an older version lacks added."""
+    `CREATE … IF NOT EXISTS` statements of `schema` run, the (table, column): definition columns that a
+    database made by an older version lacks added, then the `CREATE … INDEX IF NOT EXISTS` statements of
+    `indexes` (which may use those columns) run."""
     if is_postgres_url(location):
-        return PostgresDatabase(str(location), schema, added_columns or {})
-    return SQLiteDatabase(location, schema, added_columns or {})
+        return PostgresDatabase(str(location), schema, added_columns or {}, indexes)
+    return SQLiteDatabase(location, schema, added_columns or {}, indexes)
+
+
+def unique_violation(error: BaseException) -> bool:
+    """True if `error` is a unique (or primary key) constraint failure of either backend."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return "UNIQUE" in str(error)
+    return getattr(error, "sqlstate", None) == "23505"
 
 
 # --- SQLite -------------------------------------------------------------------------------------
@@ -64,9 +82,15 @@ def open_database(location: str | Path, schema: str, added_columns: dict[tuple[s
 class SQLiteDatabase(Database):
     """One connection of the catalog's kind (`mosaics.catalog.connect`), shared by threads under a lock."""
 
-    def __init__(self, path: str | Path, schema: str, added_columns: dict[tuple[str, str], str]):
+    def __init__(self, path: str | Path, schema: str, added_columns: dict[tuple[str, str], str], indexes: str = ""):
         self._lock = threading.RLock()
         self._db = connect(path, schema, added_columns)
+        if indexes:
+            self._db.executescript(indexes)
+
+    def columns(self, table: str) -> set[str]:
+        with self._lock:
+            return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -122,7 +146,10 @@ def _row_factory(cursor: Any) -> Any:
 class PostgresDatabase(Database):
     """A connection pool; tables in the `jeo` schema."""
 
-    def __init__(self, url: str, schema: str, added_columns: dict[tuple[str, str], str], pool_size: int = 8):
+    for_update = " FOR UPDATE"
+
+    def __init__(self, url: str, schema: str, added_columns: dict[tuple[str, str], str], indexes: str = "",
+                 pool_size: int = 8):
         import psycopg
         from psycopg_pool import ConnectionPool
 
@@ -132,10 +159,19 @@ class PostgresDatabase(Database):
             conn.execute(_IDENTITY.sub("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", schema))
             for (table, column), definition in added_columns.items():
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+            if indexes:
+                conn.execute(indexes)
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, name="jeo-records",
             kwargs={"autocommit": True, "row_factory": _row_factory, "options": f"-c search_path={SCHEMA_NAME}"},
         )  # fmt: skip
+
+    def columns(self, table: str) -> set[str]:
+        rows = self.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            (SCHEMA_NAME, table),
+        )
+        return {row[0] for row in rows}
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._pool.connection() as conn:

@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     home: Path = Field(Path.home() / ".local" / "share" / "jeo-tiler", description="State directory.")
     database: Path | None = Field(None, description="Catalog SQLite file; default `$JEO_HOME/catalog.db`.")
     catalog_url: str | None = Field(
-        None, description="`postgresql://user:password@host:port/db`: catalog (pgSTAC) and access tables in "
-        "PostgreSQL, shared by every server using the same URL; default: the SQLite `database`."
+        None, description="`postgresql://user:password@host:port/db`: catalog (pgSTAC), access tables and export "
+        "records in PostgreSQL, shared by every server using the same URL; default: the SQLite `database`."
     )
     presets: Path | None = Field(None, description="TOML file of extra presets, merged over the shipped ones.")
     static_dir: Path = Field(REPO_ROOT / "node_modules", description="npm packages served under /static (Leaflet, OpenLayers).")

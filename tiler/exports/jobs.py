@@ -37,7 +37,7 @@ def merge_command(export_id: str) -> list[str]:
 
 def open_store(settings) -> ExportStore:
     """The export store of the settings' catalog."""
-    return ExportStore(settings.database_path, settings.export_lease_timeout)
+    return ExportStore(settings.catalog_location, settings.export_lease_timeout)
 
 
 def _worker(settings) -> Worker:

@@ -1,4 +1,6 @@
-"""Export records in the catalog's SQLite file (own tables, own connection).
+"""Export records, chunk claims and leases in the records database (`tiler.db`): the catalog's SQLite file, or the
+PostgreSQL database of a `postgresql://` catalog, so that every server sharing the catalog sees, cancels and
+serves the same exports. One store, one set of SQL statements, two backends.
 
 Servers, `jeo export` processes, local workers and SLURM jobs all update the same records; every
 status change is one conditional UPDATE (`... WHERE status IN ('queued', 'running')`), so terminal
@@ -6,24 +8,23 @@ states (finished, failed, canceled) are final and concurrent writers cannot resu
 
 - An active export claims its destination: a unique index over the destinations of active exports
   makes a second export to the same file or S3 key fail at INSERT; ending the export releases it.
+- Chunk claims and lease acquisitions are transactions that first lock the export's row (PostgreSQL:
+  `SELECT … FOR UPDATE`; SQLite: the transaction locks the database), so two workers never take one chunk.
 - Leases (`leases.py`) say which process hosts a local export's workers (`run`) and which one merges
   (`merge`); writes by those processes are fenced with the lease's token.
-- Schema changes are additive: `ADDED_COLUMNS` are added with ALTER TABLE to databases that lack them.
+- Schema changes are additive: `ADDED_COLUMNS` are added to databases that lack them.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from mosaics.catalog import add_columns, transaction
 from mosaics.errors import NotFound
+from tiler.db import open_database, unique_violation
 from tiler.exports.leases import MERGE, RUN, Lease
 from tiler.exports.plan import ACTIVE, DestinationConflict, ExportPlan, ExportRecord, now
 
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS export_chunks (
     started  TEXT,
     finished TEXT,
     job      TEXT,                           -- SLURM job id or local pid of the attempt
-    seconds  REAL,
+    seconds  DOUBLE PRECISION,
     PRIMARY KEY (export, chunk)
 );
 
@@ -67,12 +68,12 @@ CREATE TABLE IF NOT EXISTS export_leases (
     name      TEXT NOT NULL,                 -- run, merge
     holder    TEXT,                          -- host:pid:start time of the holding process
     token     INTEGER NOT NULL,              -- fencing token: +1 on every acquisition
-    heartbeat REAL NOT NULL,                 -- unix time of the holder's last renewal
+    heartbeat DOUBLE PRECISION NOT NULL,     -- unix time of the holder's last renewal
     PRIMARY KEY (export, name)
 );
 """
 
-ADDED_COLUMNS = {  # added by ALTER TABLE where missing (databases of older versions; the last three also new ones)
+ADDED_COLUMNS = {  # added where missing (databases of older versions; the last three also new ones)
     ("exports", "created_by"): "TEXT",
     ("exports", "destination"): "TEXT",  # result href while the export is active (unique among active exports)
     ("exports", "retries"): "TEXT NOT NULL DEFAULT '[]'",  # JSON list of SLURM resubmissions
@@ -84,66 +85,66 @@ INDEXES = f"""
 CREATE UNIQUE INDEX IF NOT EXISTS exports_destination ON exports (destination) WHERE status IN ({_ACTIVE_SQL});
 """
 
-_COLUMNS = (
-    "id, status, collection, executor, request, plan, created, started, finished, jobs, error, log_tail, "
-    "result, chunks_total, attempts, retries, created_by, "
-    "(SELECT count(*) FROM export_chunks c WHERE c.export = exports.id AND c.chunk >= 0 AND c.status = 'done') "
-    "AS chunks_done, "
-    "(SELECT json_group_array(c.skipped) FROM export_chunks c WHERE c.export = exports.id AND c.skipped IS NOT NULL) "
-    "AS skipped, "
-    f"(SELECT json_array(l.holder, l.token, l.heartbeat) FROM export_leases l WHERE l.export = exports.id "
-    f"AND l.name = '{RUN}') AS run, "
-    f"(SELECT l.token FROM export_leases l WHERE l.export = exports.id AND l.name = '{MERGE}') AS merges"
+_SELECT = (
+    "SELECT e.id, e.status, e.collection, e.executor, e.request, e.plan, e.created, e.started, e.finished, e.jobs, "
+    "e.error, e.log_tail, e.result, e.chunks_total, e.attempts, e.retries, e.created_by, "
+    "(SELECT count(*) FROM export_chunks c WHERE c.export = e.id AND c.chunk >= 0 AND c.status = 'done') "
+    "AS chunks_done, r.holder AS run_holder, r.token AS run_token, r.heartbeat AS run_heartbeat, m.token AS merges "
+    f"FROM exports e LEFT JOIN export_leases r ON r.export = e.id AND r.name = '{RUN}' "
+    f"LEFT JOIN export_leases m ON m.export = e.id AND m.name = '{MERGE}'"
 )
 _FENCE = "(SELECT token FROM export_leases WHERE export = ? AND name = ?) = ?"
 
 
 class ExportStore:
-    """Export records; safe to share between threads."""
+    """Export records in the records database at `location` (a SQLite file or a `postgresql://` URL); safe to
+    share between threads."""
 
-    def __init__(self, path: str | Path, lease_timeout: float = 60.0):
+    def __init__(self, location: str | Path, lease_timeout: float = 60.0):
         self.lease_timeout = lease_timeout
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=60)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA busy_timeout = 60000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(SCHEMA)
-            self._migrate()
+        self._db = open_database(location, SCHEMA, ADDED_COLUMNS, INDEXES)
+        self._migrate()
 
     def _migrate(self) -> None:
-        """Add missing columns and indexes; carry state of older schemas over."""
-        claims = "destination" in {row["name"] for row in self._db.execute("PRAGMA table_info(exports)")}
-        add_columns(self._db, ADDED_COLUMNS)
-        self._db.executescript(INDEXES)
-        if not claims:  # claim the destinations of exports that were active before claims existed
-            for row in self._db.execute(f"SELECT id, plan FROM exports WHERE status IN ({_ACTIVE_SQL})").fetchall():
-                try:
-                    self._db.execute("UPDATE exports SET destination = ? WHERE id = ?",
-                                     (ExportPlan.from_dict(json.loads(row["plan"])).result_href, row["id"]))
-                except sqlite3.IntegrityError:
-                    pass  # two old exports to one destination: the first keeps the claim
-        present = {row["name"] for row in self._db.execute("PRAGMA table_info(exports)")}
-        if "owner" in present:  # the local executor's process before leases: becomes the `run` lease
-            with self._transaction():
-                self._db.execute(
-                    "INSERT OR IGNORE INTO export_leases (export, name, holder, token, heartbeat) "
-                    f"SELECT id, '{RUN}', owner, 1, ? FROM exports WHERE owner IS NOT NULL AND status IN ({_ACTIVE_SQL})",
+        """Carry state of older schemas over: destinations of active exports stored before claims existed are
+        claimed; the local executor's process (`owner`, before leases) becomes the `run` lease."""
+        unclaimed = f"SELECT id, plan FROM exports WHERE destination IS NULL AND status IN ({_ACTIVE_SQL})"
+        for row in self._db.execute(unclaimed).fetchall():
+            try:
+                self._db.execute("UPDATE exports SET destination = ? WHERE id = ?",
+                                 (ExportPlan.from_dict(json.loads(row["plan"])).result_href, row["id"]))
+            except Exception as error:
+                if not unique_violation(error):
+                    raise  # else: two old exports to one destination: the first keeps the claim
+        if "owner" in self._db.columns("exports"):
+            with self._db.transaction() as db:
+                db.execute(
+                    "INSERT INTO export_leases (export, name, holder, token, heartbeat) "
+                    f"SELECT id, '{RUN}', owner, 1, ? FROM exports WHERE owner IS NOT NULL AND status IN ({_ACTIVE_SQL}) "
+                    "ON CONFLICT (export, name) DO NOTHING",
                     (time.time(),),
                 )
-                self._db.execute("UPDATE exports SET owner = NULL WHERE owner IS NOT NULL")
+                db.execute("UPDATE exports SET owner = NULL WHERE owner IS NOT NULL")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
-    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, tuple(params))
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        return self._db.execute(sql, tuple(params))
 
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._db, self._lock)
+    def _records(self, where: str = "", params: Iterable[Any] = (), tail: str = "") -> list[ExportRecord]:
+        rows = self._execute(f"{_SELECT} {where} {tail}", params).fetchall()
+        skipped: dict[str, dict[str, str]] = {row["id"]: {} for row in rows}
+        if rows:
+            found = self._execute(
+                f"SELECT export, skipped FROM export_chunks WHERE export IN ({', '.join('?' * len(rows))}) "
+                "AND skipped IS NOT NULL ORDER BY export, chunk",
+                [row["id"] for row in rows],
+            )
+            for export_id, chunk_skipped in found:
+                for item, reason in json.loads(chunk_skipped).items():
+                    skipped[export_id].setdefault(item, reason)
+        return [_record(row, skipped[row["id"]]) for row in rows]
 
     # --- records ---
 
@@ -161,7 +162,9 @@ class ExportStore:
                     now(), destination, record.created_by,
                 ),
             )  # fmt: skip
-        except sqlite3.IntegrityError:
+        except Exception as error:
+            if not unique_violation(error):
+                raise
             row = self._execute(
                 f"SELECT 1 FROM exports WHERE destination = ? AND status IN ({_ACTIVE_SQL})", (destination,)
             ).fetchone()
@@ -177,8 +180,8 @@ class ExportStore:
         self._execute("DELETE FROM exports WHERE id = ?", (export_id,))
 
     def get(self, export_id: str) -> ExportRecord | None:
-        row = self._execute(f"SELECT {_COLUMNS} FROM exports WHERE id = ?", (export_id,)).fetchone()
-        return None if row is None else _record(row)
+        records = self._records("WHERE e.id = ?", (export_id,))
+        return records[0] if records else None
 
     def require(self, export_id: str) -> ExportRecord:
         record = self.get(export_id)
@@ -192,19 +195,16 @@ class ExportStore:
         """Newest first; only those submitted by `created_by` (None = anonymous callers) unless EVERYONE."""
         where, params = [], []
         if status is not None:
-            where.append("status = ?")
+            where.append("e.status = ?")
             params.append(status)
         if created_by != EVERYONE:
-            where.append("created_by IS ?")
+            where.append("e.created_by IS NOT DISTINCT FROM ?")
             params.append(created_by)
-        sql = f"SELECT {_COLUMNS} FROM exports" + (f" WHERE {' AND '.join(where)}" if where else "")
-        sql += " ORDER BY created DESC, id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_record(row) for row in self._execute(sql, params).fetchall()]
+        tail = "ORDER BY e.created DESC, e.id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._records(f"WHERE {' AND '.join(where)}" if where else "", params, tail)
 
     def active(self) -> list[ExportRecord]:
-        return [_record(r) for r in self._execute(f"SELECT {_COLUMNS} FROM exports WHERE status IN ({_ACTIVE_SQL})")]
+        return self._records(f"WHERE e.status IN ({_ACTIVE_SQL})")
 
     def status(self, export_id: str) -> str | None:
         row = self._execute("SELECT status FROM exports WHERE id = ?", (export_id,)).fetchone()
@@ -257,8 +257,9 @@ class ExportStore:
     def acquire(self, export_id: str, name: str, holder: str, *, resume: bool = False) -> int | None:
         """Make `holder` hold lease `name` of an active export if nobody alive holds it; its new fencing token,
         or None. `resume` counts the acquisition as a resume of the export (`attempts`)."""
-        with self._transaction() as db:
-            if db.execute(f"SELECT 1 FROM exports WHERE id = ? AND status IN ({_ACTIVE_SQL})", (export_id,)).fetchone() is None:
+        with self._db.transaction() as db:
+            active = f"SELECT 1 FROM exports WHERE id = ? AND status IN ({_ACTIVE_SQL}){self._db.for_update}"
+            if db.execute(active, (export_id,)).fetchone() is None:
                 return None
             row = db.execute(
                 "SELECT holder, token, heartbeat FROM export_leases WHERE export = ? AND name = ?", (export_id, name)
@@ -303,9 +304,9 @@ class ExportStore:
     def claim_chunk(self, export_id: str, total: int, job: str | None, token: int) -> int | None:
         """Atomically take the lowest chunk nobody has taken, while `token` is the current `run` lease
         (None when none is left or the lease was lost)."""
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             row = db.execute(
-                f"SELECT 1 FROM exports WHERE id = ? AND status IN ({_ACTIVE_SQL}) AND {_FENCE}",
+                f"SELECT 1 FROM exports WHERE id = ? AND status IN ({_ACTIVE_SQL}) AND {_FENCE}{self._db.for_update}",
                 (export_id, export_id, RUN, token),
             ).fetchone()
             if row is None:
@@ -325,7 +326,7 @@ class ExportStore:
                        skipped: dict[str, str] | None = None, fence: tuple[str, int] | None = None) -> bool:
         """Record the outcome of attempt `job` at `chunk`; False if a later attempt (or lease holder) replaced it."""
         sql = ("UPDATE export_chunks SET status = ?, finished = ?, seconds = ?, skipped = ? "
-               "WHERE export = ? AND chunk = ? AND job IS ?")  # fmt: skip
+               "WHERE export = ? AND chunk = ? AND job IS NOT DISTINCT FROM ?")  # fmt: skip
         params: list[Any] = [status, now(), seconds, json.dumps(skipped) if skipped else None, export_id, chunk, job]
         if fence is not None:
             sql += f" AND {_FENCE}"
@@ -357,12 +358,7 @@ class ExportStore:
         self._execute("DELETE FROM export_chunks WHERE export = ? AND status != 'done'", (export_id,))
 
 
-def _record(row: sqlite3.Row) -> ExportRecord:
-    skipped: dict[str, str] = {}
-    for chunk_skipped in json.loads(row["skipped"] or "[]"):
-        for item, reason in json.loads(chunk_skipped).items():
-            skipped.setdefault(item, reason)
-    run = json.loads(row["run"]) if row["run"] else None
+def _record(row: Any, skipped: dict[str, str]) -> ExportRecord:
     return ExportRecord(
         id=row["id"],
         status=row["status"],
@@ -380,7 +376,7 @@ def _record(row: sqlite3.Row) -> ExportRecord:
         chunks_total=row["chunks_total"],
         chunks_done=row["chunks_done"],
         attempts=row["attempts"],
-        run=None if run is None else Lease(*run),
+        run=None if row["run_token"] is None else Lease(row["run_holder"], row["run_token"], row["run_heartbeat"]),
         merges=row["merges"] or 0,
         skipped=dict(sorted(skipped.items())),
         retries=json.loads(row["retries"]),
