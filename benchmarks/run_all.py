@@ -10,7 +10,8 @@ What it does (see benchmarks/README.md):
 3. ingests it and the real scenes (../shared/data) into a temporary JEO_HOME, loads the numba kernels once;
 4. runs, with ../shared/bench/bench_server.py (a fresh server per case, page cache dropped):
    single-COG true colour and NDVI (1 and 2 workers, synthetic + real; the load generator on a core of its
-   own where there are 3+ cores), 20-scene composites (median with cloud masks vs titiler's MosaicJSON median
+   own where there are 3+ cores), true colour from the 4-band COG as a multi-band asset (`assets=visual`) vs
+   titiler's `/cog` on the same file, 20-scene composites (median with cloud masks vs titiler's MosaicJSON median
    without, first, low zoom, real 5-date median with SCL), the viewport fill (viewport.py), the cost growth
    over 5-40 scenes (growth.py, its own 40-scene set), the cached tile, first request after start; plus the
    Server-Timing breakdown and the rasterio-only I/O floor;
@@ -198,7 +199,8 @@ def run_exports(ctx: T.Context, timeout: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 scenes of 2048² px, 3 s windows, fewer variants")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: single,composite,real,viewport,growth,cache,exports,other")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: "
+                    "single,visual,composite,real,viewport,growth,cache,exports,other")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default /tmp/jeo-bench-results/<run>)")
     a = ap.parse_args()
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -210,6 +212,8 @@ def main() -> int:
     try:
         if "single" not in skip:
             single = T.run_single_scene(ctx, workers_list=(1, 2), real="real" not in skip)
+        if "visual" not in skip:
+            single.update(T.run_visual(ctx))
         if "composite" not in skip:
             comp = C.run_synthetic(ctx)
         if "real" not in skip and "composite" not in skip:

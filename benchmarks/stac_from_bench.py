@@ -3,10 +3,12 @@
 
 make_data.py writes, per scene, one 4-band uint16 COG (``scene_XX.tif``: B02, B03, B04, B08, nodata 0)
 and one uint8 cloud-mask COG (``scene_XX_cloud.tif``: 0 clear, 1 cloud, 255 outside the footprint),
-plus ``scenes.json`` (dates, cloud and nodata fractions). jeo-tiler reads ONE band per asset
-(band-per-file, like Earth Search), so each band is extracted once into its own COG with rio-cogeo
-(same DEFLATE/predictor/block size/overview levels as the source) and cached next to the data in
-``<data>/bands/`` (skipped when already there and newer than the source).
+plus ``scenes.json`` (dates, cloud and nodata fractions). Each band is extracted once into its own COG with
+rio-cogeo (same DEFLATE/predictor/block size/overview levels as the source) and cached next to the data in
+``<data>/bands/`` (skipped when already there and newer than the source): band-per-file, like Earth Search.
+With ``--multiband KEY`` the items also have the original 4-band COG as one multi-band asset ``KEY`` (e.g.
+``visual``: ``eo:bands`` B02, B03, B04, B08, ``raster:bands`` scale 0.0001 / nodata 0), read with
+``assets=KEY&asset_bidx=KEY|3,2,1`` like titiler's ``/cog`` reads that file with ``bidx=3&bidx=2&bidx=1``.
 
 Output (default ``<data>/jeo-stac``; benchmarks/exports.py writes its own collection to ``<data>/stac``)::
 
@@ -23,6 +25,7 @@ Asset hrefs are absolute paths, so titiler's ``/stac`` endpoints can read the ve
 Usage::
 
     python benchmarks/stac_from_bench.py --data /tmp/jeo-benchdata [--out DIR] [--collection bench-s2] [--jobs 2]
+        [--multiband visual]
 """
 
 from __future__ import annotations
@@ -105,8 +108,10 @@ def inner_bounds(transform, width: int, height: int, crs: str, inset: float = 0.
     return [max(lon[0], lon[3]), max(lat[2], lat[3]), min(lon[1], lon[2]), min(lat[0], lat[1])]
 
 
-def convert(data: str, out: str | None = None, collection_id: str = "bench-s2", jobs: int = 2, log=print) -> dict:
-    """Build the catalog (extracting bands as needed). Returns a summary dict (paths, bounds, items)."""
+def convert(data: str, out: str | None = None, collection_id: str = "bench-s2", jobs: int = 2, log=print,
+            multiband: str | None = None) -> dict:
+    """Build the catalog (extracting bands as needed), with the 4-band COG as asset `multiband` if given. Returns a
+    summary dict (paths, bounds, items)."""
     import rasterio
 
     data = os.path.abspath(data)
@@ -165,6 +170,17 @@ def convert(data: str, out: str | None = None, collection_id: str = "bench-s2", 
                 "eo:bands": [{"name": band, "common_name": common, "center_wavelength": wl}],
                 "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": 0.0,
                                   "spatial_resolution": res}],
+            }
+        if multiband:
+            assets[multiband] = {
+                "href": image,
+                "type": COG_TYPE,
+                "title": "B02, B03, B04, B08 in one COG",
+                "roles": ["data", "reflectance"],
+                "eo:bands": [{"name": band, "common_name": common, "center_wavelength": wl}
+                             for _, band, common, _, wl in BANDS],
+                "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": 0.0,
+                                  "spatial_resolution": res} for _ in BANDS],
             }
         assets["cloud_probability"] = {
             "href": mask,
@@ -263,8 +279,9 @@ def main() -> int:
     p.add_argument("--out", default=None, help="catalog folder (default <data>/jeo-stac)")
     p.add_argument("--collection", default="bench-s2")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--multiband", metavar="KEY", help="also add the 4-band COG as the multi-band asset KEY (e.g. visual)")
     a = p.parse_args()
-    s = convert(a.data, a.out, a.collection, a.jobs)
+    s = convert(a.data, a.out, a.collection, a.jobs, multiband=a.multiband)
     print(json.dumps({k: v for k, v in s.items() if k != "items"}, indent=1))
     return 0
 

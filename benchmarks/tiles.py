@@ -47,6 +47,7 @@ TITILER_VENV = Path(os.environ.get("TITILER_VENV", "/tmp/titiler-venv"))
 TITILER_REQ = ["titiler.application>=2,<3", "cogeo-mosaic", "uvicorn[standard]"]
 FULL_DATA = Path("/tmp/jeo-benchdata")
 QUICK_DATA = Path("/tmp/jeo-benchdata-quick")
+VISUAL = "visual"  # the synthetic items' multi-band asset: the 4-band COG (stac_from_bench --multiband)
 RESULTS_DIR = Path(os.environ.get("JEO_BENCH_OUT", "/tmp/jeo-bench-results"))
 
 # Copy of tiler.serve.GDAL_ENV, used only if that module cannot be imported (the real one wins).
@@ -194,7 +195,7 @@ def ensure_synthetic_data(profile: Profile, data: Path | None = None, scenes: in
     sys.path.insert(0, str(Path(__file__).parent))
     from stac_from_bench import convert
 
-    summary = convert(str(data), collection_id=collection, log=log)
+    summary = convert(str(data), collection_id=collection, log=log, multiband=VISUAL)
     summary["data"] = str(data)
     summary["mosaic"] = str(data / "mosaic.json")
     summary["mosaic_masked"] = str(data / "mosaic_masked.json")
@@ -672,6 +673,8 @@ RGB_TT_STAC = ("/stac/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={item_json}"
 NDVI_TT_STAC = ("/stac/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={item_json}"
                 "&assets=red&assets=nir&expression=(b2-b1)/(b2%2Bb1)&rescale=-1,1&colormap_name=rdylgn")
 RGB_TT_COG = "/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={cog}&bidx=3&bidx=2&bidx=1&rescale=0,3000"
+RGB_JEO_VISUAL = (f"/collections/{{cid}}/items/{{item}}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?assets={VISUAL}"
+                  f"&asset_bidx={VISUAL}|3,2,1&rescale=0,0.3")
 NDVI_TT_COG = ("/cog/tiles/WebMercatorQuad/{z}/{x}/{y}.png?url={cog}"
                "&expression=(b4-b3)/(b4%2Bb3)&rescale=-1,1&colormap_name=rdylgn")
 
@@ -758,6 +761,29 @@ def run_single_scene(ctx: Context, workers_list=(1, 2), real: bool = True, with_
     if real:
         raw.update(run_single_real(ctx))
     return raw
+
+
+def run_visual(ctx: Context) -> dict:
+    """True colour from ONE 4-band COG on both servers: jeo-tiler's multi-band asset (`assets=visual&asset_bidx=
+    visual|3,2,1`, one read of the three bands) vs titiler's `/cog` (`bidx=3&bidx=2&bidx=1`), 1 worker."""
+    item, _, cog = synth_item(ctx)
+    bounds = ctx.synth["bounds"]
+    zooms = "11-14" if (ctx.synth.get("size") or 4096) >= 4096 else "11-13"
+    variables = {"cid": ctx.synth["collection"], "item": item, "cog": cog}
+    log(f"\n## single-scene tiles from the 4-band COG, synthetic {item} (z{zooms})")
+    check = pixel_check(tile_paths(bounds, zooms, ctx.profile.per_zoom),
+                        {"true colour (visual asset vs /cog)": (RGB_JEO_VISUAL, RGB_TT_COG)}, variables)
+    server_cpus, client_cpus = core_split()
+    evict = str(Path(cog).parent)  # the 4-band COGs, for both servers
+    res = bench_pair(ctx, "single-visual-w1", jeo_server(ctx, 1, evict_dir=evict, cpus=server_cpus),
+                     titiler_server(ctx, 1, evict_dir=evict, cpus=server_cpus),
+                     {"rgb_visual": (RGB_JEO_VISUAL, RGB_TT_COG)}, bounds, zooms, variables, after=check,
+                     client_cpus=client_cpus)
+    ctx.checks += res.get("after") or []
+    add_row(ctx, "single", f"single-COG true colour, assets={VISUAL}", "synthetic", 1,
+            case_result(res["ours"], "rgb_visual"), case_result(res["theirs"], "rgb_visual"),
+            note="one 4-band COG on both: jeo multi-band asset vs titiler /cog")
+    return {"visual": res}
 
 
 REAL_COLLECTION = "sentinel-2-l2a-timeseries"

@@ -26,13 +26,15 @@ from mosaics.grid import Grid
 
 @dataclass(frozen=True)
 class SourceGrid:
-    """A raster's grid: CRS (WKT or authority string), geotransform, shape, and overview decimation factors."""
+    """A raster's grid: CRS (WKT or authority string), geotransform, shape, and its overview levels' decimation
+    factors and (height, width) (GDAL's tools round an overview's size up or down: 915 px → 458 or 457)."""
 
     crs: str
     transform: tuple[float, ...]
     height: int
     width: int
     overviews: tuple[int, ...] = ()
+    overview_shapes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,11 @@ def pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
 @lru_cache(maxsize=32)
 def _pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
     col, row = ~Affine(*source.transform[:6]) * _centres(grid, source.crs)
-    level, factor = _overview(source, col, row)
-    # an overview covers the raster's extent with ceil(size / factor) pixels
-    height, width = -(-source.height // factor), -(-source.width // factor)
-    if factor > 1:
+    level, _ = _overview(source, col, row)
+    if level is None:
+        height, width = source.height, source.width
+    else:  # an overview covers the raster's extent with its own pixels
+        height, width = source.overview_shapes[level]
         col, row = col * (width / source.width), row * (height / source.height)
     col, row = np.floor(col), np.floor(row)
     inside = (col >= 0) & (row >= 0) & (col < width) & (row < height)  # False for NaN (not projectable)

@@ -13,7 +13,7 @@ import ctypes
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import attr
@@ -38,7 +38,7 @@ from shapely.geometry import box, shape
 from shapely.prepared import prep
 
 from algorithms.corrections import scale_offset
-from mosaics.datasets import POOL, PooledReader, gdal_path
+from mosaics.datasets import POOL, PooledReader, file_version, gdal_path
 from mosaics.errors import InvalidParameter, SceneReadError
 from mosaics.grid import Grid
 from mosaics.limits import Limits, MemoryEstimate
@@ -150,9 +150,9 @@ def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[in
         flags = [dataset.mask_flag_enums[band - 1] for band in bands]
         if dataset.crs is None or (nodata is None and any(f != [MaskFlags.all_valid] for f in flags)):
             return None
-        source = SourceGrid(
-            dataset.crs.to_wkt(), tuple(dataset.transform)[:6], dataset.height, dataset.width, tuple(dataset.overviews(1))
-        )
+        factors = tuple(dataset.overviews(1))
+        shapes = _overview_shapes(path, file_version(path), len(factors)) if factors else ()
+        source = SourceGrid(dataset.crs.to_wkt(), tuple(dataset.transform)[:6], dataset.height, dataset.width, factors, shapes)
         mapping = pixel_map(grid, source)
         dtype = dataset.dtypes[bands[0] - 1]
         if mapping.window is None:
@@ -167,6 +167,16 @@ def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[in
     if nodata is not None:
         mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
     return np.ma.MaskedArray(values, mask=mask)
+
+
+@lru_cache(maxsize=4096)
+def _overview_shapes(path: str, version: str, levels: int) -> tuple[tuple[int, int], ...]:
+    """(height, width) of each internal overview level of a file version, read once."""
+    shapes = []
+    for level in range(levels):
+        with POOL.open(path, overview_level=level) as overview:
+            shapes.append(overview.shape)
+    return tuple(shapes)
 
 
 @clean_gdal_errors()

@@ -48,8 +48,14 @@ def test_read_window_equals_nearest_reference(shared_data, catalog, item_id, z, 
 
 
 def test_overview_is_the_coarsest_not_coarser_than_the_output(shared_data):
-    with rasterio.open(shared_data / C / ITEM / "B04.tif") as src:
-        source = SourceGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width, tuple(src.overviews(1)))
+    path = shared_data / C / ITEM / "B04.tif"
+    with rasterio.open(path) as src:
+        factors = tuple(src.overviews(1))
+        shapes = []
+        for level in range(len(factors)):
+            with rasterio.open(path, overview_level=level) as overview:
+                shapes.append(overview.shape)
+        source = SourceGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width, factors, tuple(shapes))
     assert source.overviews, "the test needs a raster with overviews"
     levels = {z: pixel_map(Grid.for_tile(WM, WM.tile(15.9, 46.45, z)), source).level for z in (12, 10, 8, 7, 6)}
     # 120 m pixels; WebMercator pixels at 46.45° N: z10 ≈ 105 m, z8 ≈ 421 m, z7 ≈ 842 m, z6 ≈ 1685 m
@@ -57,6 +63,28 @@ def test_overview_is_the_coarsest_not_coarser_than_the_output(shared_data):
     assert factors[12] == factors[10] == 1
     assert all(factors[a] <= factors[b] for a, b in ((10, 8), (8, 7), (7, 6)))
     assert factors[6] > 1
+
+
+def test_overviews_rounded_down_read_right(shared_data, item, tmp_path):
+    """GDAL's COG driver rounds overview sizes down (915 px → 457), rio-cogeo/gdaladdo up (458): both read right."""
+    import dataclasses
+
+    path = tmp_path / "B04.tif"
+    with rasterio.open(shared_data / C / ITEM / "B04.tif") as src:
+        profile, data = src.profile, src.read()
+    for key in ("tiled", "blockxsize", "blockysize", "interleave"):
+        profile.pop(key, None)
+    with rasterio.open(path, "w", **{**profile, "driver": "COG", "blocksize": 256, "overview_resampling": "average"}) as dst:
+        dst.write(data)
+    with rasterio.open(path, overview_level=0) as overview:
+        assert overview.shape == (457, 457)
+    moved = dataclasses.replace(item, assets={**item.assets, "red": dataclasses.replace(item.assets["red"], href=str(path))})
+    for z in (8, 7, 6):
+        tile = WM.tile(15.9, 46.45, z)
+        actual = read_window(moved, ["red"], Grid.for_tile(WM, tile))[0]
+        expected = nearest_tile(path, WM, tile)
+        np.testing.assert_array_equal(np.ma.getmaskarray(actual), expected.mask)
+        np.testing.assert_array_equal(actual.data[~expected.mask], expected.data[~expected.mask])
 
 
 def test_grid_off_the_raster_reads_nothing(item):
