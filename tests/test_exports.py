@@ -456,6 +456,18 @@ def test_failing_chunk_fails_the_export_with_its_log_tail(xserver, executor):
     assert not list(work_dir(xserver, record["id"]).glob("chunks/*.tif"))
 
 
+def test_a_chunk_whose_every_scene_is_unreadable_names_each_item_and_asset(xserver):
+    """Only the broken scene is selected: its chunk is nodata and the status names the item, the asset and the
+    reason (without server paths), as for a scene skipped among readable ones."""
+    body = {**WHOLE, "collection": BROKEN, "datetime": "2023-08-13T00:00:00Z/2023-08-13T23:59:59Z", "resolution": 960,
+            "executor": "local", "destination": "broken/only"}
+    record = finished(xserver, submit(xserver, body)["id"])
+    assert list(record["skipped"]) == [BROKEN_ITEM], record
+    reason = record["skipped"][BROKEN_ITEM]
+    assert reason.startswith(f"item '{BROKEN_ITEM}' asset '") and "red" in reason and "/" not in reason, reason
+    assert np.isnan(read(result_file(xserver, record))).all()
+
+
 # --- S3 --------------------------------------------------------------------------------------------
 
 
