@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import attr
@@ -17,15 +18,14 @@ from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
 from mosaics.catalog import Catalog
-from mosaics.cloudmasks import CloudMask, default_cloud_mask
-from mosaics.composite import Compositing, Observations, Selection, candidates, composite, explain_point, observe
-from mosaics.corrections import Corrector, check as check_correction
+from mosaics.composite import Observations, Selection, candidates, composite, explain_point, observe
+from mosaics.corrections import Corrector
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
 from mosaics.limits import Limits, MemoryEstimate
 from mosaics.models import Collection, Item
 from mosaics.reader import SceneReader
-from mosaics.recipe import Recipe
+from mosaics.spec import BoundComposite, CompositeSpec
 
 
 @dataclass(frozen=True)
@@ -42,29 +42,34 @@ class CollectionStack:
 
     def latest(self, intersects: dict[str, Any] | None = None) -> Item | None:
         """The newest item matching the selection's dates (and touching `intersects`, GeoJSON in EPSG:4326), for
-        grid and default-mask decisions."""
+        the native grid and zoom."""
         found = self.catalog.search(self.collection.id, intersects=intersects, datetime=self.selection.datetime, limit=1)
         return found[0] if found else None
 
 
 @attr.s
 class CollectionReader(SpatialMixin):
-    """Composite tiles of a `CollectionStack`."""
+    """Composite tiles, areas and points of a `CollectionStack`.
+
+    Each read takes a `CompositeSpec` and binds it to the scenes selected for its grid or point, searched once
+    per reader (the tile endpoint's cache key and its composite use the same scenes).
+    """
 
     input: CollectionStack = attr.ib()
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
     minzoom: int | None = attr.ib(default=None)
-    maxzoom: int | None = attr.ib(default=None)
 
     def __attrs_post_init__(self):
         self.crs = WGS84_CRS
         self.bounds = self.input.collection.bbox or (-180.0, -90.0, 180.0, 90.0)
-        latest = self.input.latest()
-        native = SceneReader(latest, tms=self.tms) if latest else None
         self.minzoom = self.minzoom if self.minzoom is not None else max(self.input.minzoom, self.tms.minzoom)
-        self.maxzoom = self.maxzoom if self.maxzoom is not None else (native.maxzoom if native else self.tms.maxzoom)
-        self._latest = latest
-        self._selected: dict[Grid, list[Item]] = {}
+        self._selected: dict[Grid | tuple[float, float], list[Item]] = {}
+
+    @cached_property
+    def maxzoom(self) -> int:
+        """The native zoom of the newest scene (searched only when asked, e.g. for TileJSON)."""
+        latest = self.input.latest()
+        return SceneReader(latest, tms=self.tms).maxzoom if latest else self.tms.maxzoom
 
     def __enter__(self):
         return self
@@ -72,16 +77,19 @@ class CollectionReader(SpatialMixin):
     def __exit__(self, *args):
         pass
 
-    def tile_items(self, tile_x: int, tile_y: int, tile_z: int, tilesize: int = 256, buffer: float = 0) -> list[Item]:
-        """The items a tile is computed from (its cache key holds their versions): the scenes selected for it,
-        which its composite then reads (one search per tile)."""
-        return self._candidates(Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer))
-
-    def _candidates(self, grid: Grid) -> list[Item]:
-        """The scenes selected for `grid`, searched once per reader."""
-        if (found := self._selected.get(grid)) is None:
-            found = self._selected[grid] = candidates(self.input.catalog, self.input.collection.id, grid, self.input.selection)
+    def select(self, area: Grid | tuple[float, float]) -> list[Item]:
+        """The scenes selected for a grid or (lon, lat) point, searched once per reader."""
+        if (found := self._selected.get(area)) is None:
+            found = self._selected[area] = candidates(self.input.catalog, self.input.collection.id, area, self.input.selection)
         return found
+
+    def spec(self, **params: Any) -> CompositeSpec:
+        """The request parameters (`CompositeSpec.from_params`) with this reader's scene selection."""
+        return CompositeSpec.from_params(self.input.selection, **params)
+
+    def tile_items(self, tile_x: int, tile_y: int, tile_z: int, tilesize: int = 256, buffer: float = 0) -> list[Item]:
+        """The items a tile is computed from (its cache key holds their versions): the scenes selected for it."""
+        return self.select(Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, buffer))
 
     def tile(
         self,
@@ -102,30 +110,22 @@ class CollectionReader(SpatialMixin):
         **read_options: Any,
     ) -> ImageData:
         """A composite tile; `metadata` carries the items used, read and skipped, and stage timings."""
-        recipe = Recipe.from_params(assets, expression, index, asset_bidx)
-        compositing = self.compositing(method, p, cloud_mask, mask_dilation, provenance, correction)
+        spec = self.spec(assets=assets, expression=expression, index=index, asset_bidx=asset_bidx, method=method, p=p,
+                         cloud_mask=cloud_mask, mask_dilation=mask_dilation, provenance=provenance, correction=correction)
         if tile_z < self.minzoom:
             raise InvalidParameter("z", f"composites of {self.input.collection.id} start at zoom {self.minzoom}")
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile {tile_z}/{tile_x}/{tile_y} is outside collection {self.input.collection.id}")
         grid = Grid.for_tile(self.tms, Tile(tile_x, tile_y, tile_z), tilesize, read_options.pop("buffer", 0) or 0)
-        return self.read_grid(grid, recipe, compositing, **read_options)
+        return self.read_grid(grid, spec, **read_options)
 
-    def compositing(
-        self, method: str = "median", p: float | None = None, cloud_mask: str | None = None, mask_dilation: int = 0,
-        provenance: bool = False, correction: str = "none",
-    ) -> Compositing:
-        """The compositing parameters, with the collection's default cloud mask when none is given."""
-        mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(self._latest)
-        return Compositing(method, p, mask, mask_dilation, provenance, correction)
-
-    def read_grid(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> ImageData:
+    def read_grid(self, grid: Grid, spec: CompositeSpec, **read_options: Any) -> ImageData:
         """The composite on any grid (a tile, an area subset); `metadata` as for tiles."""
-        recipe = self.for_latest(recipe)
-        with self._admit(recipe, compositing, grid, image=True):
+        bound = spec.bind(self.select(grid))
+        with self._admit(bound, grid, image=True):
             result = composite(
-                self.input.catalog, self.input.collection.id, grid, recipe, compositing, self.input.selection,
-                self.input.pool, read_options, self.input.corrector, self._selected.get(grid),
+                self.input.catalog, self.input.collection.id, grid, bound.recipe, bound.compositing,
+                self.input.selection, self.input.pool, read_options, self.input.corrector, bound.items,
             )
         return ImageData(
             np.ma.MaskedArray(result.values, mask=~np.isfinite(result.values)),
@@ -141,13 +141,14 @@ class CollectionReader(SpatialMixin):
             },
         )
 
-    def observe(self, grid: Grid, recipe: Recipe, compositing: Compositing, **read_options: Any) -> Observations:
-        """Every selected scene's usable values on `grid`, not composited (time series, per-date statistics)."""
-        recipe = self.for_latest(recipe)
-        with self._admit(recipe, compositing, grid):
-            return observe(
-                self.input.catalog, self.input.collection.id, grid,
-                recipe, compositing, self.input.selection, self.input.pool, read_options, self.input.corrector,
+    def observe(self, grid: Grid, spec: CompositeSpec, **read_options: Any) -> tuple[BoundComposite, Observations]:
+        """Every selected scene's usable values on `grid`, not composited (time series, per-date statistics), and
+        the spec as bound to them."""
+        bound = spec.bind(self.select(grid))
+        with self._admit(bound, grid):
+            return bound, observe(
+                self.input.catalog, self.input.collection.id, grid, bound.recipe, bound.compositing,
+                self.input.selection, self.input.pool, read_options, self.input.corrector, bound.items,
             )
 
     def point(
@@ -158,30 +159,24 @@ class CollectionReader(SpatialMixin):
         """Candidate scenes' values and mask state at a point, and the result and choice of each method."""
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidParameter("lon" if abs(lon) > 180 else "lat", f"({lon}, {lat}) is not a longitude, latitude")
-        recipe = self.for_latest(Recipe.from_params(assets, expression, index, asset_bidx))
-        compositing = self.compositing(cloud_mask=cloud_mask, correction=correction)
-        with self._admit(recipe, compositing, Grid((lon, lat, lon, lat), WGS84_CRS, 1, 1)):
+        spec = self.spec(assets=assets, expression=expression, index=index, asset_bidx=asset_bidx,
+                         cloud_mask=cloud_mask, correction=correction)
+        bound = spec.bind(self.select((lon, lat)))
+        with self._admit(bound, Grid((lon, lat, lon, lat), WGS84_CRS, 1, 1)):
             return explain_point(
-                self.input.catalog, self.input.collection.id, lon, lat, recipe, compositing,
-                self.input.selection, self.input.pool, self.input.corrector,
+                self.input.catalog, self.input.collection.id, lon, lat, bound.recipe, bound.compositing,
+                self.input.selection, self.input.pool, self.input.corrector, bound.items,
             )
 
-    def for_latest(self, recipe: Recipe) -> Recipe:
-        """The recipe with the bands of multi-band assets picked as in the newest scene (`Recipe.for_item`)."""
-        return recipe.for_item(self._latest) if self._latest is not None else recipe
-
     @contextmanager
-    def _admit(self, recipe: Recipe, compositing: Compositing, grid: Grid, image: bool = False) -> Iterator[None]:
-        """Before anything is read: the recipe and correction against the newest scene, the output bands of an
-        `image`, and the memory bound of `max_items` scenes on `grid` grown by the mask-dilation margin, whose
-        estimate is then held in the budget."""
-        if self._latest is not None:
-            keys = list(dict.fromkeys(recipe.resolve(self._latest).values()))
-            check_correction(compositing.correction, self._latest, keys)
+    def _admit(self, bound: BoundComposite, grid: Grid, image: bool = False) -> Iterator[None]:
+        """Before anything is read: the output bands of an `image`, and the memory bound of `max_items` scenes on
+        `grid` grown by the mask-dilation margin, whose estimate is then held in the budget."""
         limits = self.input.limits
         if limits is None:
             yield
             return
+        recipe, compositing = bound.recipe, bound.compositing
         if image:
             limits.check_outputs(recipe)
         bands = compositing.kind.scene_bands(len(recipe.names)) + 1  # and the mask

@@ -306,10 +306,12 @@ def explain_point(
     selection: Selection,
     pool: ThreadPoolExecutor,
     corrector: Corrector | None = None,
+    items: list[Item] | None = None,
 ) -> dict:
-    """Every candidate scene's values and mask state at a point, and what each method makes of them."""
+    """Every candidate scene's values and mask state at a point, and what each method makes of them; `items` as
+    for `observe`."""
     reading = Compositing("median", None, compositing.cloud_mask, 0, False, compositing.correction)
-    result = composite(catalog, collection_id, (lon, lat), recipe, reading, selection, pool, corrector=corrector)
+    result = composite(catalog, collection_id, (lon, lat), recipe, reading, selection, pool, corrector=corrector, items=items)
     names = list(_keys(recipe, reading, result.scenes[0].item))
     stack = np.stack([o.bands for o in result.scenes])
     valid = np.stack([o.valid for o in result.scenes])

@@ -302,27 +302,19 @@ class CompositeProcessingFactory(AreaRoutes, RecipeTilerFactory):
         self.statistics()
         self.timeseries()
 
-    @staticmethod
-    def _split(params: Any) -> tuple[Recipe, dict[str, Any]]:
-        values = params.as_dict()
-        recipe = Recipe.from_params(*(values.pop(name, None) for name in ("assets", "expression", "index", "asset_bidx")))
-        return recipe, values
-
     def native(self, src: CollectionReader, area: Area, layer_params: Any) -> Asset | None:
         newest = src.input.latest(area.lonlat())
         if newest is None:
             raise InvalidParameter(area.field, f"no scene of collection '{src.input.collection.id}' matches the area and dates")
-        recipe, _ = self._split(layer_params)
-        return newest.grid_asset(list(recipe.for_item(newest).resolve(newest).values()))
+        recipe = src.spec(**layer_params.as_dict()).recipe.for_item(newest)
+        return newest.grid_asset(list(recipe.resolve(newest).values()))
 
     def image(self, src: CollectionReader, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
-        recipe, compositing = self._split(layer_params)
-        return src.read_grid(grid, recipe, src.compositing(**compositing), **dataset_params.as_dict())
+        return src.read_grid(grid, src.spec(**layer_params.as_dict()), **dataset_params.as_dict())
 
     def observations(self, src: CollectionReader, grid: Grid, layer_params: Any, dataset_params: Any):
-        recipe, options = self._split(layer_params)
-        compositing = src.compositing(**{k: options[k] for k in ("cloud_mask", "mask_dilation", "correction") if k in options})
-        return recipe, compositing, src.observe(grid, recipe, compositing, **dataset_params.as_dict())
+        bound, observed = src.observe(grid, src.spec(**layer_params.as_dict()), **dataset_params.as_dict())
+        return bound.recipe, bound.compositing, observed
 
     def timeseries(self):
         """Register `GET|POST /timeseries`."""

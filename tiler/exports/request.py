@@ -26,14 +26,14 @@ from rio_tiler.types import RIOResampling, WarpResampling
 
 from mosaics.area import WGS84, Area, output_crs, pixel_size
 from mosaics.catalog import Catalog
-from mosaics.cloudmasks import CloudMask, default_cloud_mask
-from mosaics.composite import Compositing, Selection
-from mosaics.corrections import check as check_correction
+from mosaics.cloudmasks import CloudMask
+from mosaics.composite import Selection
 from mosaics.errors import InvalidParameter, NotFound
 from mosaics.grid import Grid
 from mosaics.limits import MemoryEstimate, check_memory
 from mosaics.models import Collection, Item
 from mosaics.recipe import Recipe
+from mosaics.spec import CompositeSpec
 from tiler.exports import chunks as chunking
 from tiler.exports import destinations
 from tiler.exports.plan import EXECUTORS, FORMATS, ExportPlan, estimate, new_id
@@ -144,15 +144,14 @@ def prepare(
     _check_resampling(request)
     area = _area(request)
     footprint = shapely.geometry.shape(area.lonlat())
+    spec = _spec(request, preset, recipe, selection)
     matching = _scenes(catalog, collection, area, footprint, selection)
-    newest = max(matching, key=lambda item: item.datetime)
     try:
-        recipe = recipe.for_item(newest)
-        keys = recipe.resolve(newest)
+        bound = spec.bind(matching)
     except NotFound as error:
         raise InvalidParameter(recipe_field, str(error)) from None
-    compositing = _compositing(request, preset, newest, keys)
-    descriptions = [compositing.kind.output] if compositing.kind.output else list(recipe.descriptions)
+    newest, recipe, compositing, descriptions = bound.newest, bound.recipe, bound.compositing, bound.descriptions
+    keys = recipe.resolve(newest)
     grid, resolution = _output_grid(request, area, newest, keys, len(descriptions), config)
     km2 = abs(_GEOD.geometry_area_perimeter(footprint)[0]) / 1e6
     if km2 > config.max_area_km2:
@@ -287,21 +286,14 @@ def _scenes(catalog: Catalog, collection: Collection, area: Area, footprint: sha
     return matching
 
 
-def _compositing(request: ExportRequest, preset, newest: Item, keys: dict[str, str]) -> Compositing:
-    """Method, cloud mask (default: the collection's) and correction, checked against the newest scene."""
-    method = _pick(request.method, preset.method if preset else None) or "median"
-    p = _pick(request.p, preset.p if preset else None)
+def _spec(request: ExportRequest, preset, recipe: Recipe, selection: Selection) -> CompositeSpec:
+    """The composite request: the request's method, cloud mask and p, else the preset's."""
     cloud_mask = _pick(request.cloud_mask, preset.cloud_mask if preset else None)
-    mask = CloudMask.parse(cloud_mask) if cloud_mask else default_cloud_mask(newest)
-    compositing = Compositing(method, p, mask, request.mask_dilation, correction=request.correction)
-    check_correction(compositing.correction, newest, list(dict.fromkeys(keys.values())))
-    mask.asset_key(newest)
-    for band in compositing.kind.extra_bands:
-        try:
-            newest.asset(band)
-        except NotFound as error:
-            raise InvalidParameter("method", f"{method} needs {band}: {error}") from None
-    return compositing
+    return CompositeSpec(
+        recipe, selection, _pick(request.method, preset.method if preset else None) or "median",
+        _pick(request.p, preset.p if preset else None), CloudMask.parse(cloud_mask) if cloud_mask else None,
+        request.mask_dilation, correction=request.correction,
+    )  # fmt: skip
 
 
 def _output_grid(

@@ -1,0 +1,55 @@
+"""One resolved request: a composite tile or point searches the catalog once, and the spec validates in one place
+for the tile endpoints and exports alike."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from mosaics.cloudmasks import CloudMask
+from mosaics.composite import Selection
+from mosaics.errors import InvalidParameter
+from mosaics.recipe import Recipe
+from mosaics.spec import CompositeSpec
+from tests.test_cache_writes import home, in_process_server  # noqa: F401 - `home` is a fixture
+from tiler.settings import Settings
+
+C = "sentinel-2-l2a-timeseries"  # the collection of `home`
+COMPOSITE = f"/collections/{C}/tiles/WebMercatorQuad/11/1113/727.npy"
+
+
+def test_one_catalog_search_per_composite_request(home):
+    with in_process_server(Settings(home=home)) as (url, app):
+        catalog, searches = app.state.catalog, []
+        search = catalog.search
+        catalog.search = lambda *args, **kwargs: searches.append(kwargs) or search(*args, **kwargs)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            tile = client.get(COMPOSITE, params={"assets": "red,nir", "method": "max_ndvi", "datetime": "2023-08-01/2023-08-31"})
+            assert tile.status_code == 200 and tile.headers["X-Cache"] == "miss", tile.text
+            assert len(searches) == 1
+            searches.clear()
+            point = client.get(f"/collections/{C}/point/15.8,46.5", params={"assets": "red,nir"})
+            assert point.status_code == 200, point.text
+            assert len(searches) == 1
+    assert tile.headers["X-Items"] and len(tile.headers["X-Items"].split(",")) == int(tile.headers["X-Items-Read"])
+
+
+@pytest.mark.parametrize(("params", "parameter"), [
+    ({"method": "magic"}, "method"),
+    ({"method": "percentile"}, "p"),
+    ({"method": "median", "provenance": True}, "provenance"),
+    ({"correction": "magic"}, "correction"),
+])
+def test_the_spec_validates_before_any_search(params, parameter):
+    with pytest.raises(InvalidParameter) as raised:
+        CompositeSpec(Recipe(assets=("red",)), Selection(), **params)
+    assert raised.value.parameter == parameter
+
+
+def test_unknown_mask_is_named():
+    with pytest.raises(InvalidParameter) as raised:
+        CompositeSpec.from_params(Selection(), assets=["red"], cloud_mask="fog")
+    assert raised.value.parameter == "cloud_mask"
+    assert CompositeSpec.from_params(Selection(), assets=["red"], cloud_mask="cloud_probability:30").cloud_mask == CloudMask(
+        "cloud_probability", 30.0
+    )
