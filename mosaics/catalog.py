@@ -2,7 +2,8 @@
 
 `Catalog` is the interface (parameter checks shared); `Catalog(location)` opens the embedded SQLite
 file at a path (`SQLiteCatalog`, the default) or PostgreSQL with pgSTAC at a `postgresql://` URL
-(`mosaics.pgstac.PgstacCatalog`). Items are upserted, never deleted, by `Catalog.ingest`. Footprints are in EPSG:4326; an item bbox
+(`mosaics.pgstac.PgstacCatalog`). Items are upserted, never deleted, by `Catalog.ingest`; items
+registered one by one (`Catalog.register`, e.g. export results, with an owner) are removed with `Catalog.remove`. Footprints are in EPSG:4326; an item bbox
 with west > east (crossing the antimeridian) is indexed over all longitudes and its geometry must be
 split at the antimeridian as RFC 7946 asks, so that the exact intersection test is right.
 """
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS collections (
     end_datetime   TEXT,
     stac           TEXT NOT NULL,                  -- the collection JSON
     version        TEXT NOT NULL,                  -- hash of the collection JSON and its items' versions
-    access         TEXT NOT NULL DEFAULT 'public'  -- public or restricted (tiler.access); kept by ingest
+    access         TEXT NOT NULL DEFAULT 'public'  -- public, restricted or owner (tiler.access); kept by ingest
 );
 
 CREATE TABLE IF NOT EXISTS items (
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS items (
     geometry            TEXT NOT NULL,             -- GeoJSON footprint, EPSG:4326
     stac                TEXT NOT NULL,             -- the item JSON, asset hrefs relative to their ingest root
     version             TEXT NOT NULL,             -- sha256 of the canonical item JSON
+    owner               TEXT,                      -- who may see it in a collection of access `owner`; NULL = all
     UNIQUE (collection, id)
 );
 CREATE INDEX IF NOT EXISTS items_datetime ON items (collection, datetime);
@@ -87,8 +89,10 @@ CREATE TABLE IF NOT EXISTS assets (
 """
 
 # Columns added after the first release: added to existing databases when they are opened.
-ADDED_COLUMNS = {("collections", "access"): "TEXT NOT NULL DEFAULT 'public'"}
-ACCESS_LEVELS = ("public", "restricted")
+ADDED_COLUMNS = {("collections", "access"): "TEXT NOT NULL DEFAULT 'public'", ("items", "owner"): "TEXT"}
+# public: everyone; restricted: callers with a grant; owner: everyone, but each item only to its owner (if it has one)
+ACCESS_LEVELS = ("public", "restricted", "owner")
+EVERYONE = "*"  # `Catalog.search(visible_to=EVERYONE)`: items of every owner
 MODEL_CACHE_SIZE = 4096  # items per SQLite catalog (a few KB each)
 SORT_COLUMNS = {"datetime": "datetime", "eo:cloud_cover": "cloud_cover", "id": "id"}
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -96,7 +100,7 @@ _EPSG_4326 = pyproj.CRS.from_epsg(4326)
 _TRANSFORMERS = threading.local()  # pyproj transformers are not shared between threads
 _ITEM_FIELDS = (
     "collection", "id", "datetime", "cloud_cover", "platform", "processing_baseline",
-    "west", "south", "east", "north", "geometry", "stac", "version",
+    "west", "south", "east", "north", "geometry", "stac", "version", "owner",
 )  # fmt: skip
 _ITEM_COLUMNS = ", ".join(("pk", *_ITEM_FIELDS))
 
@@ -206,6 +210,7 @@ class SearchQuery:
     sortby: tuple[tuple[str, bool], ...]
     limit: int | None
     ids: tuple[str, ...] | None
+    visible_to: str | None = EVERYONE  # only items without an owner or owned by this principal, unless EVERYONE
 
 
 class Catalog(ABC):
@@ -242,6 +247,20 @@ class Catalog(ABC):
         if access is not None:
             check_access(access)
         return self._ingest(stac.walk(source, allowed_roots), access)
+
+    def register(
+        self, collection: dict[str, Any], item: dict[str, Any], location: str, allowed_roots: Sequence[str | Path] = (),
+        *, owner: str | None = None, access: str | None = None,
+    ) -> IngestReport:
+        """Upsert one item given as a document, with its collection document, as if both were read from
+        `location` (asset hrefs are checked and stored as by `ingest`), owned by `owner` (None = nobody)."""
+        if access is not None:
+            check_access(access)
+        return self._ingest(stac.documents(collection, item, location, allowed_roots, owner), access)
+
+    @abstractmethod
+    def remove(self, collection_id: str, item_id: str) -> bool:
+        """Delete an item (True if there was one)."""
 
     @abstractmethod
     def _ingest(self, walk: stac.Walk, access: str | None) -> IngestReport:
@@ -288,13 +307,15 @@ class Catalog(ABC):
         sortby: Sequence[str] = ("-datetime",),
         limit: int | None = None,
         ids: Sequence[str] | None = None,
+        visible_to: str | None = EVERYONE,
     ) -> list[Item]:
         """Items of the collection whose footprint intersects `bbox` (in `bbox_crs`) or `intersects`.
 
         `datetime` is an inclusive (start, end) interval, either end None = open; naive datetimes are
         UTC. `max_cloud` keeps items with `eo:cloud_cover <= max_cloud` and drops those without
         cloud cover. `sortby` keys: datetime, eo:cloud_cover (missing values last), id, each with an
-        optional +/- prefix (or one comma-separated string); ties are broken by id. Raises NotFound
+        optional +/- prefix (or one comma-separated string); ties are broken by id. `visible_to` keeps the items
+        without an owner and those of that owner (None: without an owner only). Raises NotFound
         for an unknown collection and InvalidParameter (named after the parameter) for bad values.
         """
         self.version(collection_id)  # NotFound first
@@ -308,7 +329,8 @@ class Catalog(ABC):
         if ids is not None and not ids:
             return []
         query = SearchQuery(
-            collection_id, area, start, end, max_cloud, _sort_keys(sortby), limit, None if ids is None else tuple(ids)
+            collection_id, area, start, end, max_cloud, _sort_keys(sortby), limit, None if ids is None else tuple(ids),
+            visible_to,
         )
         return self._search(query)
 
@@ -359,6 +381,16 @@ class SQLiteCatalog(Catalog):
             for collection_id in walk.collections.keys() | {item.collection for item in walk.items.values()}:
                 self._refresh_version(db, collection_id)
         return IngestReport(tuple(walk.collections), added, updated, unchanged)
+
+    def remove(self, collection_id: str, item_id: str) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT pk FROM items WHERE collection = ? AND id = ?", (collection_id, item_id)).fetchone()
+            if row is None:
+                return False
+            for table, column in (("assets", "item"), ("item_boxes", "id"), ("items", "pk")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["pk"],))
+            self._refresh_version(db, collection_id)
+        return True
 
     @staticmethod
     def _upsert_collection(db: sqlite3.Connection, collection: Collection) -> None:
@@ -511,6 +543,9 @@ class SQLiteCatalog(Catalog):
         if query.ids is not None:
             where.append(f"i.id IN ({', '.join('?' * len(query.ids))})")
             params += list(query.ids)
+        if query.visible_to != EVERYONE:
+            where.append("(i.owner IS NULL OR i.owner = ?)")
+            params.append(query.visible_to)
         order = ", ".join(f"i.{column} {'DESC' if descending else 'ASC'} NULLS LAST" for column, descending in query.sortby)
         sql = f"SELECT i.pk, i.version, i.geometry FROM {tables} WHERE {' AND '.join(where)} ORDER BY {order}"
         if area is not None:
@@ -602,7 +637,7 @@ def item_values(item: Item) -> dict[str, Any]:
     return {
         "collection": item.collection, "id": item.id, "datetime": _to_text(item.datetime),
         "cloud_cover": item.cloud_cover, "platform": item.platform, "processing_baseline": item.processing_baseline,
-        "west": west, "south": south, "east": east, "north": north, "version": item.version,
+        "west": west, "south": south, "east": east, "north": north, "version": item.version, "owner": item.owner,
     }  # fmt: skip
 
 
@@ -625,6 +660,7 @@ def item_model(row: Any, item_json: dict[str, Any], asset_rows: dict[str, Any]) 
         properties=item_json["properties"],
         version=row["version"],
         stac=item_json,
+        owner=row["owner"],
     )
 
 

@@ -125,6 +125,7 @@ class Item:
     properties: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     version: str = ""
     stac: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    owner: str | None = None  # the caller it belongs to in a collection of access `owner` (tiler.access); None = all
 
     def asset(self, name: str) -> Asset:
         """The asset called `name`: an asset key, an `eo:bands` name (B04) or a common name (red)."""

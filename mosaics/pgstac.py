@@ -32,6 +32,7 @@ from pypgstac.migrate import Migrate
 
 from . import stac
 from .catalog import (
+    EVERYONE,
     Catalog,
     IngestReport,
     SearchQuery,
@@ -69,10 +70,12 @@ CREATE TABLE IF NOT EXISTS jeo.items (  -- catalog.item_values + parsed assets o
     assets     jsonb NOT NULL,          -- [{catalog.ASSET_COLUMNS: stored value}] in the item's asset order
     PRIMARY KEY (collection, id)
 );
+ALTER TABLE jeo.items ADD COLUMN IF NOT EXISTS owner text;  -- catalog items.owner
+CREATE INDEX IF NOT EXISTS items_owned ON jeo.items (collection) WHERE owner IS NOT NULL;
 """
 _ITEM_COLUMNS = (
     "collection", "id", "datetime", "cloud_cover", "platform", "processing_baseline",
-    "west", "south", "east", "north", "version", "assets",
+    "west", "south", "east", "north", "version", "owner", "assets",
 )  # fmt: skip
 MIGRATION_LOCK = 0x6A656F  # pg_advisory_lock key of `jeo` schema set-up
 # pgSTAC columns and expressions of the catalog's sort keys (catalog.SORT_COLUMNS values)
@@ -150,6 +153,16 @@ class PgstacCatalog(Catalog):
                 self._refresh_version(conn, collection_id)
         added = sum(key not in stored for key in walk.items)
         return IngestReport(tuple(walk.collections), added, len(changed) - added, len(walk.items) - len(changed))
+
+    def remove(self, collection_id: str, item_id: str) -> bool:
+        with self._connection() as conn, conn.transaction():
+            deleted = conn.execute(
+                "DELETE FROM jeo.items WHERE collection = %s AND id = %s", (collection_id, item_id)
+            ).rowcount
+            if deleted:
+                conn.execute("SELECT pgstac.delete_item(%s, %s)", (item_id, collection_id))
+                self._refresh_version(conn, collection_id)
+        return bool(deleted)
 
     @staticmethod
     def _stored_versions(conn: psycopg.Connection, walk: stac.Walk) -> dict[tuple[str, str], str]:
@@ -248,19 +261,25 @@ class PgstacCatalog(Catalog):
         if query.ids is not None:
             search["ids"] = list(query.ids)
         order = ", ".join(f"{_SORT_SQL[c]} {'DESC' if d else 'ASC'} NULLS LAST" for c, d in query.sortby)
+        everyone = query.visible_to == EVERYONE
         with self._connection() as conn:
+            # items of other owners are dropped after pgSTAC's search: then it must not stop at `limit` where there are any
             rows = _rows(
                 conn,
                 """WITH found AS (
                        SELECT row_number() OVER () AS n, i AS item
-                       FROM pgstac.search_rows(pgstac.stac_search_to_where(%s), %s, NULL, %s) i
+                       FROM pgstac.search_rows(pgstac.stac_search_to_where(%(search)s), %(order)s, NULL,
+                            CASE WHEN %(everyone)s OR NOT EXISTS (SELECT 1 FROM jeo.items
+                                 WHERE collection = %(collection)s AND owner IS NOT NULL) THEN %(limit)s ELSE %(all)s END) i
                    )
                    SELECT j.*, c.version AS collection_version,
                           pgstac.format_item(found.item, '{}'::jsonb, false) AS content
                    FROM found JOIN jeo.items j ON j.collection = (found.item).collection AND j.id = (found.item).id
                    JOIN jeo.collections c ON c.id = j.collection
-                   ORDER BY found.n""",
-                (Jsonb(search), order, query.limit or _NO_LIMIT),
+                   WHERE %(everyone)s OR j.owner IS NULL OR j.owner = %(owner)s
+                   ORDER BY found.n LIMIT %(limit)s""",
+                {"search": Jsonb(search), "order": order, "everyone": everyone, "collection": query.collection,
+                 "limit": query.limit or _NO_LIMIT, "all": _NO_LIMIT, "owner": None if everyone else query.visible_to},
             ).fetchall()
         return [self._item(row) for row in rows]
 

@@ -15,7 +15,7 @@ import math
 import os
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -460,6 +460,20 @@ class _Walker:
             if href not in self.seen:
                 self.roots.require(href, path, field_name)
                 self.visit(href, _read_linked(href, path, field_name), collection)
+
+
+def documents(
+    collection: dict[str, Any], item: dict[str, Any], location: str, allowed_roots: Sequence[str | Path] = (),
+    owner: str | None = None,
+) -> Walk:
+    """A collection and one of its items given as documents, validated as if both were read from `location` (an
+    absolute path or s3:// URL, whose folder is their root); the item owned by `owner`."""
+    walker = _Walker(Roots.of(location, allowed_roots))
+    collection_id = walker.add_collection(location, collection)
+    parsed = parse_item(item, location, walker.roots, collection_id)
+    walker.result.items[parsed.collection, parsed.id] = replace(parsed, owner=owner)
+    walker.result.item_files[parsed.collection, parsed.id] = location
+    return walker.result
 
 
 def walk(source: str | Path, allowed_roots: Sequence[str | Path] = ()) -> Walk:

@@ -328,6 +328,13 @@ def test_exports_belong_to_their_creator(server, tokens, export_id):
             response = call(server, method, f"/exports/{export_id}{path}", token)
             assert response.status_code == 404 and response.json() == {"detail": f"export '{export_id}' not found"}
     assert call(server, "GET", f"/exports/{export_id}", found["right"]).json()["status"] == "finished"
+    # its result is an item of the collection `exports`, on both catalog backends, for its owner only
+    items = "/collections/exports/items"
+    assert export_id in {f["id"] for f in call(server, "GET", items, found["right"]).json()["features"]}
+    assert call(server, "GET", f"{items}/{export_id}", found["right"]).status_code == 200
+    for name in ("none", "other", "reader"):
+        assert export_id not in call(server, "GET", items, found.get(name)).text
+        assert call(server, "GET", f"{items}/{export_id}", found.get(name)).status_code == 404
 
 
 def test_cancel_by_another_caller_is_refused(server, tokens):

@@ -13,7 +13,7 @@ LAYERS = [  # lowest first; a module may import from earlier layers only
     {"chunks", "leases"},
     {"plan"},
     {"workdir"},
-    {"destinations"},
+    {"destinations", "items"},
     {"request", "store"},
     {"worker", "merge"},
     {"jobs"},

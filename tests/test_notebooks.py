@@ -71,4 +71,5 @@ def test_ndvi_timeseries(nbserver, monkeypatch):
 def test_slurm_export(nbserver, monkeypatch):
     notebook = execute("03-slurm-export.ipynb", nbserver, monkeypatch)
     assert outputs(notebook, "image/png") == 1
+    assert outputs(notebook, "application/vnd.jupyter.widget-view+json") == 2  # progress bar; the result on a map
     assert "finished SLURM jobs: ['" in text(notebook)

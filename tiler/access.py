@@ -7,8 +7,9 @@ and takes the parameter out of the query string, so that it reaches neither endp
 access logs. A token that is unknown, revoked, expired or does not verify is answered 401, whatever
 the route. Everything downstream reads the
 catalog through `catalog_view(request)`: restricted collections without a grant do not exist there
-(NotFound, the same 404 as an unknown id, so ids cannot be probed). Responses that showed the caller
-a restricted collection get `Cache-Control: private`.
+(NotFound, the same 404 as an unknown id, so ids cannot be probed), and in collections of access `owner`
+(export results) items of another owner do not exist either. Responses that showed the caller a restricted
+collection or an `owner` collection's items get `Cache-Control: private`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mosaics.catalog import Catalog
+from mosaics.catalog import EVERYONE, Catalog
 from mosaics.errors import NotFound
 from mosaics.models import Collection, Item
 from tiler.settings import Settings
@@ -31,9 +32,10 @@ TOKEN_PARAMETER = "access_token"
 
 
 class CatalogView:
-    """The catalog as one caller sees it: restricted collections it holds no grant for do not exist.
+    """The catalog as one caller sees it: restricted collections it holds no grant for do not exist, nor do the
+    items of collections of access `owner` that belong to another caller (items without an owner: everyone's).
 
-    `restricted` becomes True once the caller has been shown a restricted collection (its document,
+    `restricted` becomes True once the caller has been shown a restricted or `owner` collection (its document,
     items, tiles or version).
     """
 
@@ -42,18 +44,18 @@ class CatalogView:
         self.restricted = False
 
     def _visible(self, collection: Collection) -> bool:
-        return collection.access == "public" or self.caller.may_read(collection.id)
+        return collection.access != "restricted" or self.caller.may_read(collection.id)
 
     def _require(self, collection_id: str, access: str) -> None:
         if access != "public":
-            if not self.caller.may_read(collection_id):
+            if access == "restricted" and not self.caller.may_read(collection_id):
                 raise NotFound("collection", collection_id)
             self.restricted = True
 
     def collections(self) -> list[Collection]:
         """The collections the caller may see, by id."""
         visible = [c for c in self.catalog.collections() if self._visible(c)]
-        self.restricted |= any(c.access != "public" for c in visible)
+        self.restricted |= any(c.access == "restricted" for c in visible)
         return visible
 
     def collection(self, collection_id: str) -> Collection:
@@ -62,20 +64,30 @@ class CatalogView:
         self._require(collection_id, collection.access)
         return collection
 
+    def _owners(self, collection_id: str) -> str | None:
+        """Whose items of the collection the caller sees: EVERYONE's, or (access `owner`) its principal's."""
+        access = self.catalog.access(collection_id)
+        self._require(collection_id, access)
+        return self.caller.principal if access == "owner" else EVERYONE
+
     def version(self, collection_id: str) -> str:
-        """`Catalog.version` of a visible collection."""
-        self._require(collection_id, self.catalog.access(collection_id))
-        return self.catalog.version(collection_id)
+        """`Catalog.version` of a visible collection; of an `owner` collection, per caller (cache keys of what one
+        caller sees never answer another)."""
+        owners = self._owners(collection_id)
+        version = self.catalog.version(collection_id)
+        return version if owners == EVERYONE else f"{version}:{owners or ''}"
 
     def item(self, collection_id: str, item_id: str) -> Item:
-        """`Catalog.item` of a visible collection."""
-        self._require(collection_id, self.catalog.access(collection_id))
-        return self.catalog.item(collection_id, item_id)
+        """`Catalog.item` of a visible collection, if the caller may see the item."""
+        owners = self._owners(collection_id)
+        item = self.catalog.item(collection_id, item_id)
+        if owners != EVERYONE and item.owner not in (None, owners):
+            raise NotFound("item", item_id, f"in collection '{collection_id}'")
+        return item
 
     def search(self, collection_id: str, **kwargs: Any) -> list[Item]:
-        """`Catalog.search` in a visible collection."""
-        self._require(collection_id, self.catalog.access(collection_id))
-        return self.catalog.search(collection_id, **kwargs)
+        """`Catalog.search` in a visible collection, among the items the caller may see."""
+        return self.catalog.search(collection_id, visible_to=self._owners(collection_id), **kwargs)
 
 
 def identity_provider(settings: Settings):

@@ -7,6 +7,7 @@
     rgb = client.read("sentinel-2-l2a-timeseries", bbox=(15.6, 46.4, 15.8, 46.5), assets="red,green,blue")
     job = client.export("sentinel-2-l2a-timeseries", bbox=(15.6, 46.4, 15.8, 46.5), preset="cloudfree-truecolor")
     job.wait(); result = job.open()                                                   # xarray
+    job.layer()                                                        # the result on the map (ipyleaflet)
 
 Recipe keywords are the tile endpoints' query parameters (`assets`, `expression`, `index`, `preset`, `datetime`,
 `method`, `cloud_mask`, `rescale`, `colormap_name`, …); lists and tuples become comma-separated values. Every
@@ -284,7 +285,7 @@ class Client:
 
 
 class Job:
-    """An export: `status()`, `wait()`, `cancel()`, `download(path)`, `open()`."""
+    """An export: `status()`, `wait()`, `cancel()`, `download(path)`, `open()`, `layer()`."""
 
     def __init__(self, client: Client, record: dict[str, Any]):
         self.client = client
@@ -334,6 +335,16 @@ class Job:
     def item(self) -> dict[str, Any]:
         """The STAC Item describing the result."""
         return self.client.request("GET", f"/exports/{quote(self.id)}/item").json()
+
+    def layer(self, name: str | None = None, **recipe: Recipe):
+        """The result as an `ipyleaflet.TileLayer`: the tiles of its item in the collection `exports`, rendered as
+        the item's `renders.default` says (all bands, stretched) unless `recipe` gives the tile parameters."""
+        if not recipe:
+            item = self.client.request("GET", f"/collections/exports/items/{quote(self.id)}").json()
+            render = item["properties"].get("renders", {}).get("default", {})
+            recipe = {k: render[k] for k in ("expression", "color_formula", "colormap_name") if render.get(k)}
+            recipe["rescale"] = [list(r) for r in render.get("rescale", ())] or None
+        return self.client.layer("exports", self.id, name=name or f"export {self.id}", **recipe)
 
     def download(self, path: str | Path) -> Path:
         """Save the result file (a COG) to `path` (a directory keeps the export's file name)."""

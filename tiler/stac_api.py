@@ -55,6 +55,8 @@ def item_json(request: Request, item: Item) -> dict[str, Any]:
         {"rel": "tilejson", "href": f"{base}/items/{item.id}/WebMercatorQuad/tilejson.json",
          "type": "application/json"},
     ]
+    if export := item.properties.get("jeo:export"):  # an export's result: its record
+        body["links"].append({"rel": "jeo:export", "href": f"{_base(request)}/exports/{export}", "type": "application/json"})
     return body
 
 

@@ -1,4 +1,6 @@
-"""OGC WMTS 1.0.0: service-level capabilities (KVP and REST) whose layers are the collections' presets.
+"""OGC WMTS 1.0.0: service-level capabilities (KVP and REST) whose layers are the collections' presets, and
+each item of a collection of access `owner` (export results: `exports.<export id>`, rendered as its
+`renders.default` says, listed only for the item's owner).
 
 Item layers have one Time value per acquisition date (default: the latest); composite layers have
 intervals written `start--end` (ISO 8601's alternative separator, safe in REST paths).
@@ -30,7 +32,7 @@ from starlette.responses import Response
 
 from mosaics.catalog import Catalog
 from mosaics.errors import NotFound
-from mosaics.models import Item
+from mosaics.models import Collection, Item
 from mosaics.reader import SceneReader
 from tiler.access import CatalogView, catalog_view, token_query
 from tiler.params import parse_datetime
@@ -57,7 +59,8 @@ class OWSError(Exception):
 
 @dataclass(frozen=True)
 class Layer:
-    """A WMTS layer: one preset of one collection, with its dates and tile matrix set limits."""
+    """A WMTS layer: one preset of one collection, or one item of an `owner` collection with its rendering
+    (`query`, `owner`), with its dates and tile matrix set limits."""
 
     identifier: str
     title: str
@@ -69,6 +72,8 @@ class Layer:
     times: tuple[str, ...]
     zooms: dict[str, tuple[int, int]]
     scenes: dict[str, str]  # item layers: acquisition date → id of the newest item of that date
+    query: tuple[tuple[str, str], ...] = ()  # tile query of a layer without a preset
+    owner: str | None = None  # the only caller that sees the layer of an owned item
 
     @property
     def default_time(self) -> str:
@@ -86,20 +91,48 @@ def _date(item: Item) -> str:
     return item.datetime.date().isoformat()
 
 
+def _zooms(item: Item, tms_sets: TileMatrixSets) -> dict[str, tuple[int, int]]:
+    """The item's zoom range in the layer tile matrix sets and the UTM set of its zone."""
+    utm = [t for t in tms_sets.list() if t.startswith("UTM") and _crs_urn(tms_sets.get(t)).endswith(
+        f":{next((a.epsg for a in item.assets.values() if a.epsg), 0)}")]
+    zooms = {}
+    for tms_id in (*LAYER_TMS, *utm):
+        reader = SceneReader(item, tms=tms_sets.get(tms_id))
+        zooms[tms_id] = (reader.minzoom, reader.maxzoom)
+    return zooms
+
+
+def render_query(render: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Tile query parameters of a STAC render extension object (`renders.<name>`)."""
+    query = [(k, str(render[k])) for k in ("expression", "color_formula", "colormap_name") if render.get(k)]
+    query += [("assets", ",".join(render["assets"]))] if render.get("assets") and not render.get("expression") else []
+    return tuple(query + [("rescale", ",".join(f"{v:g}" for v in r)) for r in render.get("rescale") or ()])
+
+
+def item_layer(collection: Collection, item: Item, tms_sets: TileMatrixSets) -> Layer:
+    """The layer of one item of an `owner` collection, rendered as its `renders.default` says."""
+    date = _date(item)
+    return Layer(
+        identifier=f"{collection.id}.{item.id}", title=f"{collection.title or collection.id}: {item.id}",
+        abstract=f"{collection.description} Item {item.id}.", collection_id=collection.id, preset_id="",
+        composite=False, bbox=item.bbox, times=(date,), zooms=_zooms(item, tms_sets), scenes={date: item.id},
+        query=render_query(item.properties.get("renders", {}).get("default", {})), owner=item.owner,
+    )  # fmt: skip
+
+
 def build_layers(catalog: Catalog, registry: PresetRegistry, tms_sets: TileMatrixSets, composite_minzoom: int) -> dict[str, Layer]:
-    """Every preset of every collection whose items have the preset's bands, by identifier."""
+    """Every preset of every collection whose items have the preset's bands, and every item of the collections of
+    access `owner`, by identifier."""
     found: dict[str, Layer] = {}
     for collection in catalog.collections():
         items = catalog.search(collection.id, sortby=("datetime",))
+        if collection.access == "owner":
+            found.update({layer.identifier: layer for layer in (item_layer(collection, i, tms_sets) for i in items)})
+            continue
         if not items:
             continue
         latest = items[-1]
-        utm = [t for t in tms_sets.list() if t.startswith("UTM") and _crs_urn(tms_sets.get(t)).endswith(
-            f":{next((a.epsg for a in latest.assets.values() if a.epsg), 0)}")]
-        zooms = {}
-        for tms_id in (*LAYER_TMS, *utm):
-            reader = SceneReader(latest, tms=tms_sets.get(tms_id))
-            zooms[tms_id] = (reader.minzoom, reader.maxzoom)
+        zooms = _zooms(latest, tms_sets)
         bbox = (
             min(i.bbox[0] for i in items), min(i.bbox[1] for i in items),
             max(i.bbox[2] for i in items), max(i.bbox[3] for i in items),
@@ -164,11 +197,11 @@ class LayerIndex:
         return found
 
     def layer(self, identifier: str, view: CatalogView) -> Layer:
-        """The layer called `identifier` if the caller of `view` may see its collection (InvalidParameterValue
+        """The layer called `identifier` if the caller of `view` may see its collection and item (InvalidParameterValue
         naming it, with a 404 as for an unknown layer, otherwise)."""
         layer = self.layers().get(identifier)
         try:
-            if layer is not None:
+            if layer is not None and layer.owner in (None, view.caller.principal):
                 view.version(layer.collection_id)
                 return layer
         except NotFound:
@@ -206,9 +239,13 @@ def _index(params: dict[str, str], name: str) -> int:
 
 
 def visible_layers(request: Request) -> list[Layer]:
-    """The layers of the collections the caller may see."""
-    visible = {collection.id for collection in catalog_view(request).collections()}
-    return [layer for layer in request.app.state.wmts_layers.layers().values() if layer.collection_id in visible]
+    """The layers of the collections (and owned items) the caller may see."""
+    view = catalog_view(request)
+    visible = {collection.id for collection in view.collections()}
+    found = [layer for layer in request.app.state.wmts_layers.layers().values() if layer.collection_id in visible]
+    if any(layer.owner is not None for layer in found):
+        view.restricted = True  # the list depends on the caller
+    return [layer for layer in found if layer.owner in (None, view.caller.principal)]
 
 
 def tile_target(index: LayerIndex, params: dict[str, str], view: CatalogView) -> str:
@@ -248,10 +285,8 @@ def tile_target(index: LayerIndex, params: dict[str, str], view: CatalogView) ->
             f"/collections/{layer.collection_id}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
             f"?{urlencode({'preset': layer.preset_id, 'datetime': interval})}"
         )
-    return (
-        f"/collections/{layer.collection_id}/items/{layer.scenes[time]}/tiles/{tms_id}/{z}/{col}/{row}.{ext}"
-        f"?preset={layer.preset_id}"
-    )
+    query = urlencode(layer.query) if not layer.preset_id else f"preset={layer.preset_id}"
+    return f"/collections/{layer.collection_id}/items/{layer.scenes[time]}/tiles/{tms_id}/{z}/{col}/{row}.{ext}?{query}"
 
 
 def _tile_matrix_set_xml(tms: TileMatrixSet) -> str:

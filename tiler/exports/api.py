@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-import rasterio.warp
 from fastapi import APIRouter, Path, Query
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse
@@ -19,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 from mosaics.errors import NotFound
 from tiler.access import caller, catalog_view
 from tiler.exports.destinations import delivered_by, presign
+from tiler.exports.items import stac_item
 from tiler.exports.plan import DestinationConflict, ExportRecord
 from tiler.exports.request import ExportRequest
 from tiler.exports.service import ExportService
@@ -76,68 +76,6 @@ def result_location(request: Request, result: str | None) -> str | None:
     return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
-def stac_item(request: Request, record: ExportRecord) -> dict[str, Any]:
-    """A STAC Item describing a finished export's result."""
-    plan = record.plan
-    crs = plan.rasterio_crs
-    left, bottom, right, top = plan.grid.bounds
-    west, south, east, north = rasterio.warp.transform_bounds(crs, "EPSG:4326", left, bottom, right, top, densify_pts=21)
-    base = f"{_base(request)}/exports/{record.id}"
-    interval = plan.selection["datetime"] or plan.items_interval
-    start, end = interval[0] or plan.items_interval[0], interval[1] or plan.items_interval[1]
-    properties: dict[str, Any] = {
-        "datetime": None,
-        "start_datetime": start,
-        "end_datetime": end,
-        "created": record.finished,
-        "proj:shape": [plan.height, plan.width],
-        "proj:transform": plan.transform,
-        "proj:bbox": [left, bottom, right, top],
-        "jeo:collection": plan.collection,
-        "jeo:recipe": {k: v for k, v in plan.recipe.items() if v},
-        "jeo:compositing": plan.compositing,
-        "jeo:selection": plan.selection,
-        "jeo:preset": plan.preset,
-        "jeo:skipped": record.skipped,  # scenes that could not be read: item id → reason
-    }
-    if crs.to_epsg() is not None:
-        properties["proj:epsg"] = crs.to_epsg()
-    else:
-        properties["proj:wkt2"] = crs.to_wkt()
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": [
-            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-        ],
-        "id": f"export-{record.id}",
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
-        },
-        "bbox": [west, south, east, north],
-        "properties": properties,
-        "assets": {
-            "data": {
-                "href": f"{base}/result",
-                "type": plan.media_type,
-                "title": f"{plan.collection} {plan.compositing['method']} composite",
-                "roles": ["data"],
-                "jeo:location": result_location(request, record.result),
-                "raster:bands": [
-                    {"name": d, "data_type": "float32", "nodata": "nan"} for d in plan.descriptions
-                ],
-            }
-        },
-        "links": [
-            {"rel": "self", "href": f"{base}/item", "type": "application/geo+json"},
-            {"rel": "derived_from", "href": f"{_base(request)}/collections/{plan.collection}", "type": "application/json"},
-            {"rel": "related", "href": base, "type": "application/json", "title": "export record"},
-        ],
-    }
-
-
 @router.post("", status_code=202, summary="Submit an export.")
 def create_export(request: Request, body: ExportRequest):
     """Validate and submit an export; answers 202 with its id, status, links and an estimate, or 409 when the
@@ -180,8 +118,9 @@ def get_export(request: Request, export_id: ExportId):
     return record_json(request, record, chunks)
 
 
-@router.delete("/{export_id}", summary="Cancel an export (idempotent).")
+@router.delete("/{export_id}", summary="Cancel an export, or withdraw the layer of a finished one (idempotent).")
 def cancel_export(request: Request, export_id: ExportId):
+    """An active export is canceled; a finished one leaves the collection `exports` (its result stays here)."""
     return record_json(request, _owned(request, export_id).cancel(export_id))
 
 
@@ -221,4 +160,6 @@ def export_item(request: Request, export_id: ExportId):
     record = _finished(request, export_id)
     if isinstance(record, JSONResponse):
         return record
-    return JSONResponse(stac_item(request, record), media_type="application/geo+json")
+    base = _base(request)
+    item = stac_item(record, base, f"{base}/exports/{record.id}/result", result_location(request, record.result))
+    return JSONResponse(item, media_type="application/geo+json")

@@ -6,6 +6,8 @@
   worker that finds every chunk done, `merge.run_merge`.
 - `jeo export-merge --export ID` (a SLURM job after the array): `merge.run_merge`.
 
+A merge that finishes its export publishes it as an item of the collection `exports` (`items.publish`).
+
 Each entry point reads the settings (and the SLURM environment) once, here, and passes them on.
 """
 
@@ -16,6 +18,7 @@ import sys
 
 from mosaics.catalog import Catalog
 from mosaics.corrections import Corrector
+from tiler.exports.items import publisher
 from tiler.exports.leases import RUN
 from tiler.exports.merge import run_merge
 from tiler.exports.store import ExportStore
@@ -67,9 +70,10 @@ def pool_worker(settings, export_id: str, token: int) -> int:
     if code or not store.holds(export_id, RUN, token) or store.chunks_done(export_id) != plan.chunks_total:
         return code
     with output_to(merge_log(plan)):
-        return run_merge(store, export_id, wait=False, threads=_merge_threads())
+        return run_merge(store, export_id, wait=False, threads=_merge_threads(), publish=publisher(settings, worker.catalog))
 
 
 def merge_job(settings, export_id: str) -> int:
     """The merge (a SLURM job, waiting for a merge in progress elsewhere); the exit code."""
-    return run_merge(open_store(settings), export_id, threads=_merge_threads())
+    publish = publisher(settings, Catalog(settings.catalog_location))
+    return run_merge(open_store(settings), export_id, threads=_merge_threads(), publish=publish)

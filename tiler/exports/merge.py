@@ -6,7 +6,7 @@ process died is taken over, and the lease's token counts merges). The chunks are
 VRT (they tile the output grid exactly), translated to `<work>/merge/result-<pid>.tif`, checked with
 `cog_validate`, then moved into the export root or uploaded to S3 with boto3, without replacing
 anything unless `overwrite` is set. The export becomes `finished` only after delivery, with the current
-lease token; if it was canceled meanwhile, the delivered file is removed again.
+lease token (and then handed to `publish`); if it was canceled meanwhile, the delivered file is removed again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -25,7 +26,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from tiler.exports.destinations import delete_result, deliver
 from tiler.exports.leases import MERGE, Heartbeat, process_token, terminate_as_exit
-from tiler.exports.plan import ACTIVE, ExportPlan, redact
+from tiler.exports.plan import ACTIVE, ExportPlan, ExportRecord, redact
 from tiler.exports.store import ExportStore
 from tiler.exports.workdir import chunk_path, merge_dir, merge_log, remove_partials, tail
 
@@ -97,9 +98,11 @@ def assemble(plan: ExportPlan, output: Path, threads: str = "ALL_CPUS") -> Path:
     return output
 
 
-def run_merge(store: ExportStore, export_id: str, wait: bool = True, threads: str = "ALL_CPUS") -> int:
-    """Assemble and deliver, holding the export's `merge` lease; the process exit code (0 also when the export is
-    no longer active or another live process merges it). With `wait`, wait for such a process to end first."""
+def run_merge(store: ExportStore, export_id: str, wait: bool = True, threads: str = "ALL_CPUS",
+              publish: Callable[[ExportRecord], object] | None = None) -> int:
+    """Assemble and deliver, holding the export's `merge` lease, then `publish` the finished export (`jobs`: as an
+    item of the collection `exports`); the process exit code (0 also when the export is no longer active or another
+    live process merges it). With `wait`, wait for such a process to end first."""
     holder = process_token()
     token = store.acquire(export_id, MERGE, holder)
     while token is None and wait and store.status(export_id) in ACTIVE:
@@ -159,4 +162,6 @@ def run_merge(store: ExportStore, export_id: str, wait: bool = True, threads: st
         output.with_suffix(".vrt").unlink(missing_ok=True)
     remove_partials(plan)
     print(f"export {export_id} finished in {time.perf_counter() - start:.2f} s: {href}", flush=True)
+    if publish is not None:
+        publish(store.require(export_id))
     return 0

@@ -19,6 +19,7 @@ from mosaics.catalog import Catalog
 from mosaics.errors import InvalidParameter
 from tiler.exports.destinations import delivered_by
 from tiler.exports.executors import LocalExecutor, SlurmError, SlurmExecutor
+from tiler.exports.items import withdraw
 from tiler.exports.jobs import open_store
 from tiler.exports.leases import RUN
 from tiler.exports.plan import STATUSES, DestinationConflict, ExportRecord, now, redact
@@ -172,13 +173,17 @@ class ExportService:
         return self.store.list(status, limit, created_by)
 
     def cancel(self, export_id: str) -> ExportRecord:
-        """Cancel (idempotent): stop its jobs, remove partial files. Finished/failed exports stay as they are."""
+        """Cancel (idempotent): stop its jobs, remove partial files. A finished export leaves the collection `exports`
+        (its record and result stay); failed ones stay as they are."""
         record = self.store.require(export_id)
         if record.status == "canceled":
             self._cleanup_canceled(record)
             return record
         if not self.store.transition(export_id, "canceled", error="canceled by request"):
-            return self.store.require(export_id)
+            record = self.store.require(export_id)
+            if record.status == "finished":
+                withdraw(self.catalog, export_id)
+            return record
         record = self.store.require(export_id)
         self._cleanup_canceled(record)
         return self.store.require(export_id)

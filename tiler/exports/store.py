@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mosaics.catalog import EVERYONE
 from mosaics.errors import NotFound
 from tiler.db import open_database, unique_violation
 from tiler.exports.leases import MERGE, RUN, Lease
@@ -79,7 +80,6 @@ ADDED_COLUMNS = {  # added where missing (databases of older versions; the last 
     ("exports", "retries"): "TEXT NOT NULL DEFAULT '[]'",  # JSON list of SLURM resubmissions
     ("export_chunks", "skipped"): "TEXT",  # JSON {item id: reason} of scenes that could not be read
 }
-EVERYONE = "*"  # `ExportStore.list(created_by=EVERYONE)`: exports of every caller
 
 INDEXES = f"""
 CREATE UNIQUE INDEX IF NOT EXISTS exports_destination ON exports (destination) WHERE status IN ({_ACTIVE_SQL});

@@ -357,17 +357,21 @@
     await updateLayer();
   }
 
-  /** Band selects: the data assets of the chosen item (or the newest one). */
+  /** Band selects: the data assets of the chosen item (or the newest one); each band of a multi-band asset
+   *  (an export's result) by its eo:bands name. */
   function fillBands(wanted) {
     const item = currentItem() || state.items[0];
-    const assets = item ? Object.entries(item.assets).filter(([, a]) => {
+    const assets = (item ? Object.entries(item.assets).filter(([, a]) => {
       const roles = a.roles || [];
       return (roles.includes("data") || roles.length === 0) && /tiff|geotiff|jp2/i.test(a.type || "tiff");
-    }) : [];
+    }) : []).flatMap(([key, a]) => {
+      const bands = a["eo:bands"] || [];
+      return bands.length > 1 ? bands.map((band) => [band.name, { ...a, "eo:bands": [band] }]) : [[key, a]];
+    });
     const options = () => assets.map(([key, a]) => {
       const band = (a["eo:bands"] || [])[0];
       const label = band && band.name && band.name !== key ? `${key} (${band.name})` : key;
-      return option(key, label, a.title || "");
+      return option(key, label, band?.description || a.title || "");
     });
     const wantedKeys = wanted ? wanted.split(",") : null;
     const defaults = ["red", "green", "blue"];
