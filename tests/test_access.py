@@ -328,13 +328,22 @@ def test_exports_belong_to_their_creator(server, tokens, export_id):
             response = call(server, method, f"/exports/{export_id}{path}", token)
             assert response.status_code == 404 and response.json() == {"detail": f"export '{export_id}' not found"}
     assert call(server, "GET", f"/exports/{export_id}", found["right"]).json()["status"] == "finished"
-    # its result is an item of the collection `exports`, on both catalog backends, for its owner only
+
+
+def test_export_results_are_items_of_their_owner(server, tokens):
+    """On both catalog backends: a finished export is an item of `exports` for its owner only, until DELETE."""
+    found = tokens[1]
+    submitted = call(server, "POST", "/exports", found["right"], json=EXPORT)
+    assert submitted.status_code == 202, submitted.text
+    export = wait_finished(server, submitted.json()["id"], found["right"])["id"]
     items = "/collections/exports/items"
-    assert export_id in {f["id"] for f in call(server, "GET", items, found["right"]).json()["features"]}
-    assert call(server, "GET", f"{items}/{export_id}", found["right"]).status_code == 200
+    assert export in {f["id"] for f in call(server, "GET", items, found["right"]).json()["features"]}
+    assert call(server, "GET", f"{items}/{export}", found["right"]).status_code == 200
     for name in ("none", "other", "reader"):
-        assert export_id not in call(server, "GET", items, found.get(name)).text
-        assert call(server, "GET", f"{items}/{export_id}", found.get(name)).status_code == 404
+        assert export not in call(server, "GET", items, found.get(name)).text
+        assert call(server, "GET", f"{items}/{export}", found.get(name)).status_code == 404
+    assert call(server, "DELETE", f"/exports/{export}", found["right"]).json()["status"] == "finished"
+    assert call(server, "GET", f"{items}/{export}", found["right"]).status_code == 404
 
 
 def test_cancel_by_another_caller_is_refused(server, tokens):

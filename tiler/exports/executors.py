@@ -225,11 +225,16 @@ class LocalExecutor:
                 self._abort(task.export_id)
 
     def _drop_inactive(self) -> None:
-        """Stop work of exports that became inactive elsewhere (canceled by another process, failed)."""
+        """Stop work of exports that became inactive elsewhere (canceled by another process, failed). The worker that
+        finished an export is left to end by itself: it still publishes the result (`merge.run_merge`)."""
         with self._lock:
             ids = {t.export_id for t in [*self._queue, *self._running]}
         for export_id in ids:
-            if self.store.status(export_id) not in ACTIVE:
+            status = self.store.status(export_id)
+            if status == "finished":
+                with self._lock:
+                    self._queue = deque(t for t in self._queue if t.export_id != export_id)
+            elif status not in ACTIVE:
                 self._abort(export_id)
 
     def _abort(self, export_id: str) -> None:
