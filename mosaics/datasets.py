@@ -83,20 +83,24 @@ class DatasetPool:
         self.max_open = max_open
         self._idle: OrderedDict[Key, list[DatasetReader]] = OrderedDict()
         self._versions: dict[str, str] = {}
+        self._count = 0  # idle handles in `_idle`
         self._lock = threading.Lock()
 
     @contextmanager
-    def open(self, path: str, overview_level: int | None = None) -> Iterator[DatasetReader]:
-        """A dataset for `path` (or one of its overview levels), from the pool when one is idle."""
-        key = (path, file_version(path), overview_level)
+    def open(self, path: str, overview_level: int | None = None, version: str | None = None) -> Iterator[DatasetReader]:
+        """A dataset for `path` (or one of its overview levels), from the pool when one is idle; `version`: the
+        file's `file_version` when the caller has it."""
+        key = (path, file_version(path) if version is None else version, overview_level)
         with self._lock:
             handles = self._idle.get(key)
             dataset = handles.pop() if handles else None
+            self._count -= dataset is not None
             replaced = self._versions.setdefault(path, key[1]) != key[1]
             if replaced:
                 self._versions[path] = key[1]
                 old_keys = [k for k in self._idle if k[0] == path and k[1] != key[1]]
                 stale = [handle for k in old_keys for handle in self._idle.pop(k)]
+                self._count -= len(stale)
         if replaced:
             for handle in stale:
                 handle.close()
@@ -115,11 +119,13 @@ class DatasetPool:
             if self._versions.get(key[0]) == key[1]:
                 self._idle.setdefault(key, []).append(dataset)
                 self._idle.move_to_end(key)
+                self._count += 1
             else:  # the file was replaced while this handle was lent
                 closing.append(dataset)
-            while sum(map(len, self._idle.values())) > self.max_open:
+            while self._count > self.max_open:
                 oldest, handles = next(iter(self._idle.items()))
                 closing.append(handles.pop(0))
+                self._count -= 1
                 if not handles:
                     del self._idle[oldest]
         for handle in closing:
@@ -128,7 +134,7 @@ class DatasetPool:
     def idle(self) -> int:
         """Number of idle open handles."""
         with self._lock:
-            return sum(map(len, self._idle.values()))
+            return self._count
 
 
 POOL = DatasetPool(int(os.environ.get("JEO_MAX_OPEN_DATASETS", "256")))

@@ -18,6 +18,16 @@ class Grid:
     width: int
     height: int
 
+    def __hash__(self) -> int:
+        # a grid keys the pixel-map caches once per band read; hashing its CRS costs ~25 µs, so it is hashed once
+        if (cached := self.__dict__.get("_hash")) is None:
+            cached = self.__dict__["_hash"] = hash((self.bounds, self.crs, self.width, self.height))
+        return cached
+
+    def __getstate__(self) -> dict:
+        """Pickled without the cached hash (string hashes differ between processes)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @classmethod
     def for_tile(cls, tms: TileMatrixSet, tile: Tile, tilesize: int = 256, buffer: float = 0) -> Grid:
         """The grid of a tile of a tile matrix set, grown by `buffer` pixels on each side."""

@@ -46,12 +46,17 @@ class PixelMap:
     rows: np.ndarray  # int32 [H, W] row in the window (0 where outside)
     cols: np.ndarray  # int32 [H, W] column in the window (0 where outside)
     inside: np.ndarray  # bool [H, W] the pixel centre falls on the raster
+    flat: np.ndarray  # intp [H * W] position of each output pixel in the flattened window
+    outside: np.ndarray | None  # intp [n] flat positions of the output pixels off the raster, None when none are
 
     def take(self, window_data: np.ndarray) -> np.ndarray:
         """The output grid's values `[..., H, W]` from the window's `window_data[..., h, w]` (outside: 0)."""
-        out = window_data[..., self.rows, self.cols]
-        out[..., ~self.inside] = 0
-        return out
+        lead = window_data.shape[:-2]
+        flat = np.ascontiguousarray(window_data).reshape(*lead, -1)
+        out = np.take(flat, self.flat, axis=-1)
+        if self.outside is not None:
+            out[..., self.outside] = 0
+        return out.reshape(*lead, *self.rows.shape)
 
 
 @lru_cache(maxsize=64)
@@ -89,12 +94,14 @@ def _pixel_map(grid: Grid, source: SourceGrid) -> PixelMap:
     inside = (col >= 0) & (row >= 0) & (col < width) & (row < height)  # False for NaN (not projectable)
     if not inside.any():
         zeros = np.zeros(inside.shape, dtype=np.int32)
-        return PixelMap(level, None, zeros, zeros, inside)
+        return PixelMap(level, None, zeros, zeros, inside, np.zeros(inside.size, dtype=np.intp), None)
     col0, row0 = int(col[inside].min()), int(row[inside].min())
     col1, row1 = int(col[inside].max()) + 1, int(row[inside].max()) + 1
     rows = np.where(inside, row - row0, 0).astype(np.int32)
     cols = np.where(inside, col - col0, 0).astype(np.int32)
-    return PixelMap(level, Window(col0, row0, col1 - col0, row1 - row0), rows, cols, inside)
+    flat = (rows.astype(np.intp) * (col1 - col0) + cols).ravel()
+    outside = None if inside.all() else np.flatnonzero(~inside)
+    return PixelMap(level, Window(col0, row0, col1 - col0, row1 - row0), rows, cols, inside, flat, outside)
 
 
 def _overview(source: SourceGrid, col: np.ndarray, row: np.ndarray) -> tuple[int | None, int]:

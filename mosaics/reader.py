@@ -13,6 +13,7 @@ import ctypes
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -68,14 +69,14 @@ def clean_gdal_errors() -> Iterator[None]:
 
 def to_physical(data: np.ma.MaskedArray, item: Item, keys: Sequence[str]) -> np.ndarray:
     """`float32[B, ...]` physical values of DN bands `data[B, ...]` of the item's band keys `keys`; masked → NaN."""
-    out = np.empty(data.shape, dtype=np.float32)
-    mask = np.ma.getmaskarray(data)
-    for i, key in enumerate(keys):
+    scales, offsets = [], []
+    for key in keys:
         asset, index = item.source(key)
         band = asset.raster_band(index)
-        scale, offset = (band.scale, band.offset) if band else (1.0, 0.0)
-        out[i] = scale_offset(np.ascontiguousarray(data.data[i]), scale, offset, None)
-        out[i][mask[i]] = np.nan
+        scales.append(band.scale if band else 1.0)
+        offsets.append(band.offset if band else 0.0)
+    out = scale_offset(np.ma.getdata(data).reshape(len(keys), 1, -1), scales, offsets, None).reshape(data.shape)
+    np.copyto(out, np.float32(np.nan), where=np.ma.getmaskarray(data))
     return out
 
 
@@ -142,41 +143,49 @@ def read_window(
     return _in_order(item, keys, grouped, np.ma.concatenate(arrays))
 
 
+@dataclass(frozen=True)
+class _Raster:
+    """What a pixel-map read needs to know of a file version (read once per process)."""
+
+    source: SourceGrid | None  # None without a CRS
+    nodata: float | None
+    all_valid: tuple[bool, ...]  # per band: no mask (nodata or mask band)
+    dtypes: tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def _raster(path: str, version: str) -> _Raster:
+    with POOL.open(path, version=version) as dataset:
+        factors = tuple(dataset.overviews(1))
+        info = dict(nodata=dataset.nodata, dtypes=tuple(dataset.dtypes),
+                    all_valid=tuple(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums))
+        crs, transform, shape = dataset.crs, tuple(dataset.transform)[:6], dataset.shape
+    shapes = []
+    for level in range(len(factors)):
+        with POOL.open(path, overview_level=level, version=version) as overview:
+            shapes.append(overview.shape)
+    source = None if crs is None else SourceGrid(crs.to_wkt(), transform, *shape, factors, tuple(shapes))
+    return _Raster(source, **info)
+
+
 def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[int]) -> np.ma.MaskedArray | None:
     """Bands `bands` of `path` on `grid` through a pixel map, in one window read; None for rasters it does not
     handle (no CRS, mask bands)."""
-    with POOL.open(path) as dataset:
-        nodata = nodata if nodata is not None else dataset.nodata
-        flags = [dataset.mask_flag_enums[band - 1] for band in bands]
-        if dataset.crs is None or (nodata is None and any(f != [MaskFlags.all_valid] for f in flags)):
-            return None
-        factors = tuple(dataset.overviews(1))
-        shapes = _overview_shapes(path, file_version(path), len(factors)) if factors else ()
-        source = SourceGrid(dataset.crs.to_wkt(), tuple(dataset.transform)[:6], dataset.height, dataset.width, factors, shapes)
-        mapping = pixel_map(grid, source)
-        dtype = dataset.dtypes[bands[0] - 1]
-        if mapping.window is None:
-            return np.ma.masked_all((len(bands), grid.height, grid.width), dtype=dtype)
-        if mapping.level is None:
-            window = dataset.read(list(bands), window=mapping.window)
-    if mapping.level is not None:
-        with POOL.open(path, overview_level=mapping.level) as overview:
-            window = overview.read(list(bands), window=mapping.window)
+    version = file_version(path)
+    raster = _raster(path, version)
+    nodata = nodata if nodata is not None else raster.nodata
+    if raster.source is None or (nodata is None and not all(raster.all_valid[band - 1] for band in bands)):
+        return None
+    mapping = pixel_map(grid, raster.source)
+    if mapping.window is None:
+        return np.ma.masked_all((len(bands), grid.height, grid.width), dtype=raster.dtypes[bands[0] - 1])
+    with POOL.open(path, overview_level=mapping.level, version=version) as dataset:
+        window = dataset.read(list(bands), window=mapping.window)
     values = mapping.take(window)
     mask = np.repeat(~mapping.inside[np.newaxis], len(bands), axis=0)
     if nodata is not None:
         mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
     return np.ma.MaskedArray(values, mask=mask)
-
-
-@lru_cache(maxsize=4096)
-def _overview_shapes(path: str, version: str, levels: int) -> tuple[tuple[int, int], ...]:
-    """(height, width) of each internal overview level of a file version, read once."""
-    shapes = []
-    for level in range(levels):
-        with POOL.open(path, overview_level=level) as overview:
-            shapes.append(overview.shape)
-    return tuple(shapes)
 
 
 @clean_gdal_errors()
