@@ -1,5 +1,5 @@
-"""One resolved request: a composite tile or point searches the catalog once, and the spec validates in one place
-for the tile endpoints and exports alike."""
+"""One resolved request: a composite tile, point or WMTS composite layer tile searches the catalog once, and the
+spec validates in one place for the tile endpoints and exports alike."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def test_one_catalog_search_per_composite_request(home):
             point = client.get(f"/collections/{C}/point/15.8,46.5", params={"assets": "red,nir"})
             assert point.status_code == 200, point.text
             assert len(searches) == 1
+            client.get("/wmts/1.0.0/WMTSCapabilities.xml")  # the layer index is built once per catalog version
+            searches.clear()
+            layer = client.get(f"/wmts/1.0.0/{C}.cloudfree-truecolor/default/2023-08-01--2023-08-31/WebMercatorQuad/11/727/1113.png")
+            assert layer.status_code == 200 and layer.headers["X-Cache"] == "miss", layer.text
+            assert len(searches) == 1  # the layer's period is given: no search for the preset's default
     assert tile.headers["X-Items"] and len(tile.headers["X-Items"].split(",")) == int(tile.headers["X-Items-Read"])
 
 

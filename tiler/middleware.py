@@ -139,7 +139,7 @@ class PresetMiddleware:
         given = {k for k, _ in query}
         rest = [(k, v) for k, v in query if k != "preset"]
         defaults = preset.query()
-        if preset.is_composite and (latest := catalog.search(match["collection"], limit=1)):
+        if preset.is_composite and "datetime" not in given and (latest := catalog.search(match["collection"], limit=1)):
             defaults.append(("datetime", preset.interval(latest[0].datetime)))
         expanded = [(k, v) for k, v in defaults if k not in given and v is not None]
         if given & {"assets", "expression", "index"}:
