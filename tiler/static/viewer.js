@@ -206,7 +206,8 @@
       params.push(["index", ui.index.value]);
     }
     for (const value of rescaleValues()) params.push(["rescale", value]);
-    if (ui.colormap.value) params.push(["colormap_name", ui.colormap.value]);
+    // a colormap colours one band: three bands (an RGB combination) are sent without it
+    if (ui.colormap.value && mode !== "bands") params.push(["colormap_name", ui.colormap.value]);
     if (ui.colorFormula.value.trim()) params.push(["color_formula", ui.colorFormula.value.trim()]);
     return params;
   }
@@ -396,6 +397,7 @@
       element.hidden = element.dataset.mode !== mode;
     }
     ui.rescale.placeholder = mode === "preset" ? "preset default" : "e.g. 0,0.3";
+    ui.colormap.disabled = mode === "bands";
     const composite = radio("source") === "composite";
     ui.itemControls.hidden = composite;
     ui.compositeControls.hidden = !composite;
