@@ -319,7 +319,7 @@ class Catalog(ABC):
         for an unknown collection and InvalidParameter (named after the parameter) for bad values.
         """
         self.version(collection_id)  # NotFound first
-        area = _search_area(bbox, bbox_crs, intersects)
+        area = search_area(bbox, bbox_crs, intersects)
         start, end = _interval(datetime)
         if max_cloud is not None:
             if isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float)) or math.isnan(max_cloud):
@@ -690,7 +690,7 @@ def _asset(row: Any, raw: dict[str, Any]) -> Asset:
 # --- search parameters ---------------------------------------------------------------------------
 
 
-def _search_area(
+def search_area(
     bbox: Sequence[float] | None, bbox_crs: str, intersects: dict[str, Any] | None
 ) -> BaseGeometry | None:
     """The search area in EPSG:4326, or None; split in two parts if it crosses the antimeridian."""

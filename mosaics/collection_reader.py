@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io.base import SpatialMixin
 from rio_tiler.models import ImageData
 
+from mosaics.area import Area
 from mosaics.catalog import Catalog
 from mosaics.composite import Observations, Selection, candidates, composite, explain_point, observe
 from mosaics.corrections import Corrector
@@ -40,10 +41,9 @@ class CollectionStack:
     minzoom: int = 0
     limits: Limits | None = None
 
-    def latest(self, intersects: dict[str, Any] | None = None) -> Item | None:
-        """The newest item matching the selection's dates (and touching `intersects`, GeoJSON in EPSG:4326), for
-        the native grid and zoom."""
-        found = self.catalog.search(self.collection.id, intersects=intersects, datetime=self.selection.datetime, limit=1)
+    def latest(self) -> Item | None:
+        """The newest item matching the selection's dates, for the native zoom."""
+        found = self.catalog.search(self.collection.id, datetime=self.selection.datetime, limit=1)
         return found[0] if found else None
 
 
@@ -82,6 +82,18 @@ class CollectionReader(SpatialMixin):
         if (found := self._selected.get(area)) is None:
             found = self._selected[area] = candidates(self.input.catalog, self.input.collection.id, area, self.input.selection)
         return found
+
+    def area_grid(self, area: Area, grid: Callable[[Item], Grid]) -> Grid:
+        """`grid(newest)`: the output grid covering `area`, from the newest of the scenes selected for the area's
+        bounds (or point), which reads of that grid then use (one search; the grid covers the area to within a
+        native pixel). InvalidParameter naming the area's field when none is selected."""
+        items = candidates(self.input.catalog, self.input.collection.id, area, self.input.selection)
+        if not items:
+            collection = self.input.collection.id
+            raise InvalidParameter(area.field, f"no scene of collection '{collection}' matches the area and selection")
+        covering = grid(max(items, key=lambda item: item.datetime))
+        self._selected.setdefault(covering, items)
+        return covering
 
     def spec(self, **params: Any) -> CompositeSpec:
         """The request parameters (`CompositeSpec.from_params`) with this reader's scene selection."""

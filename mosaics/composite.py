@@ -22,6 +22,7 @@ from rasterio.crs import CRS
 from rio_tiler.errors import RioTilerError
 
 from algorithms import masks
+from mosaics.area import Area
 from mosaics.catalog import Catalog
 from mosaics.cloudmasks import CloudMask
 from mosaics.corrections import Corrector, get_correction
@@ -110,12 +111,17 @@ class Observation:
     mask: np.ndarray | None  # raw cloud-mask values [H, W]
 
 
-def candidates(catalog: Catalog, collection_id: str, area: Grid | tuple[float, float], selection: Selection) -> list[Item]:
-    """Items whose footprint touches the grid or point, filtered and ordered by `selection`."""
-    where = (
-        {"bbox": area.bounds, "bbox_crs": area.crs.to_string()} if isinstance(area, Grid)
-        else {"intersects": {"type": "Point", "coordinates": list(area)}}
-    )
+def candidates(
+    catalog: Catalog, collection_id: str, area: Grid | Area | tuple[float, float], selection: Selection
+) -> list[Item]:
+    """Items whose footprint touches the grid, the area's bounds (or point) or the (lon, lat) point, filtered and
+    ordered by `selection`."""
+    if isinstance(area, Grid):
+        where = {"bbox": area.bounds, "bbox_crs": area.crs.to_string()}
+    elif isinstance(area, Area) and not area.is_point:
+        where = {"bbox": area.bounds_in(area.crs), "bbox_crs": area.crs.to_string()}
+    else:
+        where = {"intersects": area.lonlat() if isinstance(area, Area) else {"type": "Point", "coordinates": list(area)}}
     return catalog.search(
         collection_id,
         **where,

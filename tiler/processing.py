@@ -10,6 +10,7 @@ scene). The output grid follows `mosaics.area` (native grid by default, like exp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from mosaics.area import WGS84, Area, check_size
 from mosaics.collection_reader import CollectionReader
 from mosaics.errors import InvalidParameter
 from mosaics.grid import Grid
-from mosaics.models import Asset
+from mosaics.models import Asset, Item
 from mosaics.reader import SceneReader
 from mosaics.recipe import Recipe
 from mosaics.zonal import image_statistics, statistics_per_date, timeseries
@@ -105,6 +106,11 @@ def area_from_body(geojson: Any, coord_crs: CRS | None) -> Area:
     return Area.from_geojson(geojson, coord_crs or WGS84, "geometry")
 
 
+def native_asset(recipe: Recipe, item: Item) -> Asset | None:
+    """The item's finest asset that the recipe reads (multi-band assets' bands picked as in the item)."""
+    return item.grid_asset(list(recipe.for_item(item).resolve(item).values()))
+
+
 def masked_outside(image: ImageData, inside: np.ndarray) -> ImageData:
     """`image` with the pixels outside the area set to NaN and masked."""
     values = np.where(inside, image.array.data, np.nan).astype(np.float32)
@@ -121,8 +127,8 @@ def grid_json(grid: Grid) -> dict[str, Any]:
 class AreaRoutes:
     """`/bbox`, `/feature` and `/statistics` for a recipe factory; subclasses say how to read and compute."""
 
-    def native(self, src: Any, area: Area, layer_params: Any) -> Asset | None:
-        """The asset whose grid is the default output grid."""
+    def covering(self, src: Any, area: Area, layer_params: Any, grid: Callable[[Asset | None], Grid]) -> Grid:
+        """`grid(native)`, `native` being the asset whose grid is the default output grid."""
         raise NotImplementedError
 
     def image(self, src: Any, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
@@ -132,8 +138,9 @@ class AreaRoutes:
     def output_grid(self, request: Request, src: Any, area: Area, layer_params: Any, dst_crs: CRS | None,
                     grid_params: GridParams, width: int | None = None, height: int | None = None) -> Grid:
         """The grid covering `area`, within `JEO_PROCESSING_MAX_PIXELS` (the error names the parameter that set it)."""
-        grid = area.grid(self.native(src, area, layer_params), dst_crs, grid_params.resolution, width, height,
-                         grid_params.max_size)  # fmt: skip
+        grid = self.covering(src, area, layer_params, lambda native: area.grid(
+            native, dst_crs, grid_params.resolution, width, height, grid_params.max_size
+        ))  # fmt: skip
         given = [name for name, value in (("width", width), ("resolution", grid_params.resolution),
                                           ("max_size", grid_params.max_size)) if value is not None]  # fmt: skip
         check_size(grid, request.app.state.settings.processing_max_pixels, given[0] if given else area.field)
@@ -280,9 +287,8 @@ class ItemProcessingFactory(AreaRoutes, RecipeTilerFactory):
         self.feature()
         self.statistics()
 
-    def native(self, src: SceneReader, area: Area, layer_params: Any) -> Asset | None:
-        recipe = Recipe.from_params(**layer_params.as_dict()).for_item(src.input)
-        return src.input.grid_asset(list(recipe.resolve(src.input).values()))
+    def covering(self, src: SceneReader, area: Area, layer_params: Any, grid: Callable[[Asset | None], Grid]) -> Grid:
+        return grid(native_asset(Recipe.from_params(**layer_params.as_dict()), src.input))
 
     def image(self, src: SceneReader, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
         return src.read_grid(grid, Recipe.from_params(**layer_params.as_dict()), **dataset_params.as_dict())
@@ -302,12 +308,12 @@ class CompositeProcessingFactory(AreaRoutes, RecipeTilerFactory):
         self.statistics()
         self.timeseries()
 
-    def native(self, src: CollectionReader, area: Area, layer_params: Any) -> Asset | None:
-        newest = src.input.latest(area.lonlat())
-        if newest is None:
-            raise InvalidParameter(area.field, f"no scene of collection '{src.input.collection.id}' matches the area and dates")
-        recipe = src.spec(**layer_params.as_dict()).recipe.for_item(newest)
-        return newest.grid_asset(list(recipe.resolve(newest).values()))
+    def covering(
+        self, src: CollectionReader, area: Area, layer_params: Any, grid: Callable[[Asset | None], Grid]
+    ) -> Grid:
+        """On the newest selected scene's native grid; the area's reads use the scenes selected here (one search)."""
+        recipe = src.spec(**layer_params.as_dict()).recipe
+        return src.area_grid(area, lambda newest: grid(native_asset(recipe, newest)))
 
     def image(self, src: CollectionReader, grid: Grid, layer_params: Any, dataset_params: Any) -> ImageData:
         return src.read_grid(grid, src.spec(**layer_params.as_dict()), **dataset_params.as_dict())

@@ -25,7 +25,7 @@ from rasterio.transform import Affine
 from rio_tiler.types import RIOResampling, WarpResampling
 
 from mosaics.area import WGS84, Area, output_crs, pixel_size
-from mosaics.catalog import Catalog
+from mosaics.catalog import Catalog, search_area
 from mosaics.cloudmasks import CloudMask
 from mosaics.composite import Selection
 from mosaics.errors import InvalidParameter, NotFound
@@ -41,7 +41,8 @@ from tiler.params import parse_crs, parse_datetime
 
 _GEOD = pyproj.Geod(ellps="WGS84")
 _FORMAT_ALIASES = {"geotiff": "gtiff", "tif": "gtiff", "tiff": "gtiff"}
-_ESTIMATED_CHUNKS = 256  # up to this many chunks, the estimate searches the scenes of each
+_CHUNKS_MARGIN = 0.01  # degrees around the grid's search area, so that it covers each chunk's own
+_ESTIMATED_CHUNKS = 256  # up to this many chunks, the estimate selects the scenes of each
 
 
 class ExportRequest(BaseModel):
@@ -365,17 +366,26 @@ def _chunk_size(request: ExportRequest, config: ExportConfig) -> int:
 
 def _item_counts(catalog: Catalog, collection: Collection, grid: Grid, transform: Affine, chunk_size: int,
                  matching: list[Item], selection: Selection) -> tuple[int, int]:
-    """(distinct scenes read, scene reads summed over chunks): searched per chunk when there are few chunks,
-    else estimated from the scenes of the whole area."""
+    """(distinct scenes read, scene reads summed over chunks): when there are few chunks, each chunk's selection
+    taken from one search of the whole grid (as a chunk's own search would find it: the first `max_items` whose
+    footprint touches the chunk; searched again only for a chunk whose search area leaves the grid's), else
+    estimated from the scenes of the whole area."""
     windows = chunking.windows(grid.width, grid.height, chunk_size)
     if len(windows) > _ESTIMATED_CHUNKS:
         return len({item.id for item in matching}), min(len(matching), selection.max_items) * len(windows)
+    crs, filters = grid.crs.to_string(), {"datetime": selection.datetime, "max_cloud": selection.max_cloud,
+                                          "sortby": selection.sortby}  # fmt: skip
+    whole = search_area(grid.bounds, crs, None).buffer(_CHUNKS_MARGIN)
+    found = catalog.search(collection.id, intersects=shapely.geometry.mapping(whole), **filters)
+    scenes = [(item, shapely.geometry.shape(item.geometry)) for item in found]
     distinct, reads = set(), 0
     for window in windows:
-        found = catalog.search(
-            collection.id, bbox=chunking.window_grid(transform, grid.crs, window).bounds, bbox_crs=grid.crs.to_string(),
-            datetime=selection.datetime, max_cloud=selection.max_cloud, sortby=selection.sortby, limit=selection.max_items,
-        )  # fmt: skip
+        bounds = chunking.window_grid(transform, grid.crs, window).bounds
+        chunk = search_area(bounds, crs, None)
+        if whole.covers(chunk):
+            found = [item for item, footprint in scenes if chunk.intersects(footprint)][: selection.max_items]
+        else:
+            found = catalog.search(collection.id, bbox=bounds, bbox_crs=crs, **filters, limit=selection.max_items)
         reads += len(found)
         distinct.update(item.id for item in found)
     return len(distinct), reads
