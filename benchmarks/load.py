@@ -186,7 +186,12 @@ class RssSampler(threading.Thread):
         for sample in self.samples:
             for pid, value in sample.items():
                 per_worker[pid].append(value)
-        describe = lambda v: {"start": round(v[0], 1), "max": round(max(v), 1), "end": round(v[-1], 1)}  # noqa: E731
+
+        def describe(v: list[float]) -> dict:
+            half = len(v) // 2
+            return {"start": round(v[0], 1), "max": round(max(v), 1), "end": round(v[-1], 1),
+                    "max_first_half": round(max(v[:half] or v), 1), "max_second_half": round(max(v[half:]), 1)}
+
         return {"samples": len(totals), "total_mib": describe(totals) if totals else None,
                 "workers_mib": {str(pid): describe(v) for pid, v in per_worker.items()}}
 
@@ -245,7 +250,8 @@ def report(result: dict) -> str:
     total = rss["total_mib"] or {}
     rows.append("")
     rows.append(f"worker RSS (MiB, summed over {len(rss['workers_mib'])} process(es), {rss['samples']} samples): "
-                f"start {total.get('start')}, max {total.get('max')}, end {total.get('end')}")
+                f"start {total.get('start')}, max {total.get('max')}, end {total.get('end')}; max in the first half "
+                f"{total.get('max_first_half')}, in the second half {total.get('max_second_half')}")
     for pid, values in rss["workers_mib"].items():
         rows.append(f"  pid {pid}: start {values['start']}, max {values['max']}, end {values['end']}")
     rows += [f"error: {example}" for example in result["overall"]["error_examples"]]
@@ -253,7 +259,9 @@ def report(result: dict) -> str:
     worst = max((s["p99_over_p50"] or 0 for s in result["classes"].values()), default=0)
     rows.append("")
     rows.append(f"acceptance: errors {overall['errors']} (target 0); p99/p50 overall {overall['p99_over_p50']}, "
-                f"worst class {worst} (target <= 10); RSS end/start {total.get('end', 0) / (total.get('start') or 1):.2f}")
+                f"worst class {worst} (target <= 10); RSS end/start {total.get('end', 0) / (total.get('start') or 1):.2f}, "
+                f"max second half / first half {total.get('max_second_half', 0) / (total.get('max_first_half') or 1):.2f} "
+                "(bounded: close to 1)")
     return "\n".join(rows)
 
 
