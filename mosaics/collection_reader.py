@@ -148,6 +148,7 @@ class CollectionReader(SpatialMixin):
             metadata={
                 "items": [item.id for item in result.items],
                 "read": result.read,
+                "unread": result.unread,
                 "skipped": result.skipped,
                 "timings": result.timings.spent,
             },

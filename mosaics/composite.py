@@ -93,6 +93,7 @@ class CompositeResult:
     descriptions: list[str]
     items: list[Item]  # candidates in selection order; `index` refers to this list
     read: list[str]  # ids of the items actually read
+    unread: list[str]  # ids of the items read whose bands were not (their cloud mask left no usable pixel)
     skipped: dict[str, str]  # item id → reason
     index: np.ndarray | None  # int16 [H, W] chosen observation (selecting methods), -1 = none
     bounds: tuple[float, float, float, float]
@@ -106,9 +107,10 @@ class Observation:
     """One scene's usable values on the grid."""
 
     item: Item
-    bands: np.ndarray  # float32 [K, H, W] physical, NaN = no data
+    bands: np.ndarray  # float32 [K, H, W] physical, NaN = no data (or not read: cloud-masked, see `observe`)
     valid: np.ndarray  # bool [H, W]
     mask: np.ndarray | None  # raw cloud-mask values [H, W]
+    unread: bool = False  # its bands were not read: the cloud mask left no usable pixel
 
 
 def candidates(
@@ -140,44 +142,56 @@ def _keys(recipe: Recipe, compositing: Compositing, item: Item) -> dict[str, str
     return keys
 
 
-Read = Callable[[Item, list[str], dict], np.ma.MaskedArray]
+# (item, band keys, read options, wanted pixels bool[H, W] or None) → raw DN [K, H, W], masked where no data
+Read = Callable[[Item, list[str], dict, "np.ndarray | None"], np.ma.MaskedArray]
 
 
 def grid_read(grid: Grid, margin: int = 0) -> Read:
-    """Read raw DN `[K, H + 2 margin, W + 2 margin]` of band keys on `grid` grown by `margin` pixels."""
+    """Read raw DN `[K, H + 2 margin, W + 2 margin]` of band keys on `grid` grown by `margin` pixels (only the blocks
+    holding wanted pixels, if given: `read_window`)."""
     grown = grid.buffered(margin)
-    return lambda item, keys, options: read_window(item, keys, grown, **options)
+    return lambda item, keys, options, wanted: read_window(item, keys, grown, wanted=wanted, **options)
 
 
 def point_read(lon: float, lat: float) -> Read:
-    """Read raw DN `[K, 1, 1]` of band keys at a point (EPSG:4326)."""
-    return lambda item, keys, options: read_pixel(item, keys, lon, lat, **options).reshape(-1, 1, 1)
+    """Read raw DN `[K, 1, 1]` of band keys at a point (EPSG:4326); every value is read."""
+    return lambda item, keys, options, wanted: read_pixel(item, keys, lon, lat, **options).reshape(-1, 1, 1)
 
 
 def _read_scene(
     item: Item, read: Read, keys: dict[str, str], compositing: Compositing, corrector: Corrector, read_options: dict,
-    margin: int = 0,
+    margin: int = 0, masked_values: bool = True,
 ) -> Observation:
-    """One scene's physical bands and usable pixels; a read `margin` (for mask dilation) is cut off at the end."""
+    """One scene's physical bands and usable pixels; a read `margin` (for mask dilation) is cut off at the end.
+
+    The cloud mask is read first; without `masked_values`, bands are read only where it leaves usable pixels (NaN
+    elsewhere), and not at all when it leaves none."""
     order = list(dict.fromkeys(keys.values()))
     mask_key = compositing.cloud_mask.asset_key(item)
     try:
-        raw = read(item, order, read_options)
-        bands = corrector.physical(compositing.correction, item, order, raw)
-        valid = np.isfinite(bands).all(axis=0)
-        mask_value = None
+        mask_value = usable = None
         if mask_key is not None:
             mask_options = {k: v for k, v in read_options.items() if k not in ("resampling_method", "reproject_method", "nodata")}
-            mask = read(item, [mask_key], mask_options)
+            mask = read(item, [mask_key], mask_options, None)
             mask_value = mask.data[0]
-            valid &= compositing.cloud_mask.valid(np.ascontiguousarray(mask_value)) & ~np.ma.getmaskarray(mask)[0]
+            usable = compositing.cloud_mask.valid(np.ascontiguousarray(mask_value)) & ~np.ma.getmaskarray(mask)[0]
+        wanted = None if masked_values else usable
+        if wanted is not None and not wanted.any():
+            raw = np.ma.masked_all((len(order), *wanted.shape), dtype=np.float32)
+        else:
+            raw = read(item, order, read_options, wanted)
+        bands = corrector.physical(compositing.correction, item, order, raw)
+        valid = np.isfinite(bands).all(axis=0)
+        if usable is not None:
+            valid &= usable
     except (*READ_ERRORS, RioTilerError) as error:
         raise SceneReadError(item.id, ",".join(order + ([mask_key] if mask_key else [])), str(error)) from None
     if compositing.mask_dilation:
         valid = masks.dilate_invalid(valid, compositing.mask_dilation)
     inner = (slice(margin, -margin),) * 2 if margin else (slice(None),) * 2
     bands = bands[[order.index(keys[n]) for n in keys]]
-    return Observation(item, bands[(slice(None), *inner)], valid[inner], None if mask_value is None else mask_value[inner])
+    return Observation(item, bands[(slice(None), *inner)], valid[inner], None if mask_value is None else mask_value[inner],
+                       unread=wanted is not None and not wanted.any())
 
 
 @dataclass
@@ -195,6 +209,11 @@ class Observations:
         """Ids of the items read (skipped ones included)."""
         return [s.item.id for s in self.scenes] + list(self.skipped)
 
+    @property
+    def unread(self) -> list[str]:
+        """Ids of the items whose bands were not read (their cloud mask left no usable pixel)."""
+        return [s.item.id for s in self.scenes if s.unread]
+
 
 def observe(
     catalog: Catalog,
@@ -207,12 +226,14 @@ def observe(
     read_options: dict | None = None,
     corrector: Corrector | None = None,
     items: list[Item] | None = None,
+    masked_values: bool = True,
 ) -> Observations:
     """Read every selected scene that touches `grid` (or a (lon, lat) point): physical bands, masks, corrections.
 
     `items` are the `candidates` when the caller already selected them. Unreadable scenes are skipped and
     reported. With an `in_order` method (`first`), scenes are read in order, in batches of 1, 2, 4, …, until
-    every pixel has a usable observation.
+    every pixel has a usable observation. Without `masked_values`, a grid's bands are read only where the cloud
+    mask leaves usable pixels (NaN elsewhere, as no data), which is all a composite needs.
     """
     timings = Timings()
     read_options = read_options or {}
@@ -229,7 +250,8 @@ def observe(
 
     def read(item: Item) -> Observation | None:
         try:
-            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options, margin)
+            return _read_scene(item, read_window, _keys(recipe, compositing, item), compositing, corrector, read_options,
+                               margin, masked_values or point)
         except SceneReadError as error:
             logger.warning("skipping scene: %s", error)
             skipped[item.id] = str(error)
@@ -265,9 +287,10 @@ def composite(
 ) -> CompositeResult:
     """Composite every selected scene that touches `grid` (or a (lon, lat) point); `items` as for `observe`.
 
-    Unreadable scenes are skipped and reported.
+    Unreadable scenes are skipped and reported. Cloud-masked pixels are not read (`observe`'s `masked_values`).
     """
-    observed = observe(catalog, collection_id, grid, recipe, compositing, selection, pool, read_options, corrector, items)
+    observed = observe(catalog, collection_id, grid, recipe, compositing, selection, pool, read_options, corrector, items,
+                       masked_values=False)
     items, names, scenes, timings = observed.items, observed.names, observed.scenes, observed.timings
     with timings.stage("mask"):
         stack = np.stack([s.bands for s in scenes])
@@ -293,6 +316,7 @@ def composite(
         descriptions=descriptions,
         items=items,
         read=observed.read,
+        unread=observed.unread,
         skipped=observed.skipped,
         index=index,
         bounds=(grid[0], grid[1], grid[0], grid[1]) if point else grid.bounds,

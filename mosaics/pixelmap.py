@@ -13,7 +13,7 @@ read is the coarsest one whose pixels are not larger than the output pixels (non
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -48,6 +48,7 @@ class PixelMap:
     inside: np.ndarray  # bool [H, W] the pixel centre falls on the raster
     flat: np.ndarray  # intp [H * W] position of each output pixel in the flattened window
     outside: np.ndarray | None  # intp [n] flat positions of the output pixels off the raster, None when none are
+    _blocks: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # block shape → pixels' blocks
 
     def take(self, window_data: np.ndarray) -> np.ndarray:
         """The output grid's values `[..., H, W]` from the window's `window_data[..., h, w]` (outside: 0)."""
@@ -57,6 +58,40 @@ class PixelMap:
         if self.outside is not None:
             out[..., self.outside] = 0
         return out.reshape(*lead, *self.rows.shape)
+
+    def parts(self, wanted: np.ndarray, block: tuple[int, int]) -> list[Window]:
+        """The parts of `window` to read (offsets relative to it) for the output pixels `wanted[H, W]`: per row of the
+        raster's blocks (`block`: rows, columns of one block at this level), each run of neighbouring blocks holding a
+        wanted pixel. Blocks are read and decompressed whole, so the others cost nothing; one part is the window."""
+        window = self.window
+        take = wanted & self.inside
+        if window is None or not take.any():
+            return []
+        whole = [Window(0, 0, window.width, window.height)]
+        block_rows, block_cols = block
+        first_row, first_col = window.row_off // block_rows, window.col_off // block_cols
+        shape = ((window.row_off + window.height - 1) // block_rows - first_row + 1,
+                 (window.col_off + window.width - 1) // block_cols - first_col + 1)
+        if shape == (1, 1):
+            return whole
+        if (blocks := self._blocks.get(block)) is None:
+            blocks = self._blocks[block] = (
+                ((self.rows + window.row_off) // block_rows - first_row) * shape[1]
+                + (self.cols + window.col_off) // block_cols - first_col
+            )
+        needed = np.bincount(blocks[take], minlength=shape[0] * shape[1]).reshape(shape) > 0
+        if needed.all():
+            return whole
+        parts = []
+        for i, row in enumerate(needed):
+            top = max((first_row + i) * block_rows, window.row_off)
+            bottom = min((first_row + i + 1) * block_rows, window.row_off + window.height)
+            edges = np.flatnonzero(np.diff(np.concatenate([[False], row, [False]]).astype(np.int8)))
+            for start, stop in zip(edges[::2], edges[1::2]):
+                left = max((first_col + start) * block_cols, window.col_off)
+                right = min((first_col + stop) * block_cols, window.col_off + window.width)
+                parts.append(Window(int(left - window.col_off), top - window.row_off, int(right - left), bottom - top))
+        return parts
 
 
 @lru_cache(maxsize=64)

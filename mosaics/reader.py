@@ -26,8 +26,10 @@ from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
 from rio_tiler import reader as rio_reader
 from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import TileOutsideBounds
@@ -115,14 +117,16 @@ def _in_order(item: Item, keys: Sequence[str], grouped: dict[str, list[int]], da
 @clean_gdal_errors()
 def read_window(
     item: Item, keys: Sequence[str], grid: Grid, nodata: float | None = None,
-    resampling_method: str | None = None, reproject_method: str | None = None, **warp_options: Any,
+    resampling_method: str | None = None, reproject_method: str | None = None, wanted: np.ndarray | None = None,
+    **warp_options: Any,
 ) -> np.ma.MaskedArray:
     """Raw DN `[K, H, W]` of band keys (`Item.band`) on `grid`, masked where there is no data.
 
     The bands of one asset are one read (one window, one gather; one nodata value, its first band's). Nearest-
     neighbour reads (the default) use cached pixel maps (`mosaics.pixelmap`); other resampling goes through
     rio-tiler's warped read (with `warp_options`, e.g. `padding`). The assets are read one after another in the
-    calling thread: composites read many scenes in parallel already.
+    calling thread: composites read many scenes in parallel already. With `wanted` (`bool[H, W]`), nearest-neighbour
+    reads skip the raster blocks that hold no wanted pixel, and pixels not wanted come back masked.
     """
     nearest = (resampling_method or "nearest") == "nearest" and (reproject_method or "nearest") == "nearest"
     grouped = asset_bands(item, keys)
@@ -130,7 +134,7 @@ def read_window(
     for key, bands in grouped.items():
         asset = item.assets[key]
         path, value = gdal_path(asset.href), asset_nodata(asset, nodata, bands[0])
-        if nearest and (array := _read_mapped(path, grid, value, bands)) is not None:
+        if nearest and (array := _read_mapped(path, grid, value, bands, wanted)) is not None:
             arrays.append(array)
             continue
         with POOL.open(path) as dataset:
@@ -151,6 +155,7 @@ class _Raster:
     nodata: float | None
     all_valid: tuple[bool, ...]  # per band: no mask (nodata or mask band)
     dtypes: tuple[str, ...]
+    blocks: tuple[tuple[int, int], ...]  # band 1's block shape (rows, columns): full resolution, then each overview
 
 
 @lru_cache(maxsize=4096)
@@ -159,18 +164,21 @@ def _raster(path: str, version: str) -> _Raster:
         factors = tuple(dataset.overviews(1))
         info = dict(nodata=dataset.nodata, dtypes=tuple(dataset.dtypes),
                     all_valid=tuple(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums))
-        crs, transform, shape = dataset.crs, tuple(dataset.transform)[:6], dataset.shape
+        crs, transform, shape, blocks = dataset.crs, tuple(dataset.transform)[:6], dataset.shape, [dataset.block_shapes[0]]
     shapes = []
     for level in range(len(factors)):
         with POOL.open(path, overview_level=level, version=version) as overview:
             shapes.append(overview.shape)
+            blocks.append(overview.block_shapes[0])
     source = None if crs is None else SourceGrid(crs.to_wkt(), transform, *shape, factors, tuple(shapes))
-    return _Raster(source, **info)
+    return _Raster(source, blocks=tuple(blocks), **info)
 
 
-def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[int]) -> np.ma.MaskedArray | None:
-    """Bands `bands` of `path` on `grid` through a pixel map, in one window read; None for rasters it does not
-    handle (no CRS, mask bands)."""
+def _read_mapped(
+    path: str, grid: Grid, nodata: float | None, bands: Sequence[int], wanted: np.ndarray | None = None,
+) -> np.ma.MaskedArray | None:
+    """Bands `bands` of `path` on `grid` through a pixel map, in one window read (only its blocks that hold a
+    `wanted` pixel, if given); None for rasters it does not handle (no CRS, mask bands)."""
     version = file_version(path)
     raster = _raster(path, version)
     nodata = nodata if nodata is not None else raster.nodata
@@ -179,13 +187,31 @@ def _read_mapped(path: str, grid: Grid, nodata: float | None, bands: Sequence[in
     mapping = pixel_map(grid, raster.source)
     if mapping.window is None:
         return np.ma.masked_all((len(bands), grid.height, grid.width), dtype=raster.dtypes[bands[0] - 1])
-    with POOL.open(path, overview_level=mapping.level, version=version) as dataset:
-        window = dataset.read(list(bands), window=mapping.window)
+    block = raster.blocks[0 if mapping.level is None else mapping.level + 1]
+    parts = None if wanted is None else mapping.parts(wanted, block)
+    if parts == []:
+        window = np.zeros((len(bands), mapping.window.height, mapping.window.width), dtype=raster.dtypes[bands[0] - 1])
+    else:
+        with POOL.open(path, overview_level=mapping.level, version=version) as dataset:
+            window = _read_parts(dataset, bands, mapping.window, parts)
     values = mapping.take(window)
-    mask = np.repeat(~mapping.inside[np.newaxis], len(bands), axis=0)
+    missing = ~mapping.inside if wanted is None else ~(mapping.inside & wanted)
+    mask = np.repeat(missing[np.newaxis], len(bands), axis=0)
     if nodata is not None:
         mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
     return np.ma.MaskedArray(values, mask=mask)
+
+
+def _read_parts(dataset: DatasetReader, bands: Sequence[int], window: Window, parts: list[Window] | None) -> np.ndarray:
+    """`bands` of `window` (`[K, h, w]`); with `parts` (`PixelMap.parts`), only those parts of it, the rest 0."""
+    if parts is None or parts == [Window(0, 0, window.width, window.height)]:
+        return dataset.read(list(bands), window=window)
+    out = np.zeros((len(bands), window.height, window.width), dtype=dataset.dtypes[bands[0] - 1])
+    for part in parts:
+        rows, cols = slice(part.row_off, part.row_off + part.height), slice(part.col_off, part.col_off + part.width)
+        out[:, rows, cols] = dataset.read(list(bands), window=Window(
+            window.col_off + part.col_off, window.row_off + part.row_off, part.width, part.height))
+    return out
 
 
 @clean_gdal_errors()

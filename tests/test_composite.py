@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import morecantile
@@ -337,3 +338,45 @@ def test_point_lists_every_candidate_and_each_methods_choice(server, shared_data
     assert body["methods"]["median"]["values"] == pytest.approx(np.median([u["values"] for u in usable], axis=0), rel=1e-6)
     greenest = max(usable, key=lambda u: (u["values"][1] - u["values"][0]) / (u["values"][1] + u["values"][0]))
     assert body["methods"]["max_ndvi"]["item"] == greenest["id"]
+
+
+@contextmanager
+def served(tmp_path: Path, data: Path):
+    """A server of its own catalog of `data`."""
+    from mosaics.catalog import Catalog
+
+    (home := tmp_path / "home").mkdir()
+    Catalog(home / "catalog.db").ingest(data)
+    running = start_server(home)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def test_scene_masked_on_the_whole_tile_is_not_read(tmp_path, shared_data):
+    """One item's SCL all cloud and its band files truncated: its bands are never read (X-Items-Unread names it,
+    nothing is skipped) and the tile equals the reference without it."""
+    import rasterio
+
+    copy = tmp_path / "data"
+    shutil.copytree(shared_data, copy)
+    cloudy = "S2A_33TWM_20230818_0_L2A"
+    with rasterio.open(copy / C / cloudy / "SCL.tif") as src:
+        profile = {k: v for k, v in src.profile.items() if k not in ("blockxsize", "blockysize", "tiled")}
+    (copy / C / cloudy / "SCL.tif").unlink()
+    with rasterio.open(copy / C / cloudy / "SCL.tif", "w", **profile) as dst:
+        dst.write(np.full((1, profile["height"], profile["width"]), 9, dtype=profile["dtype"]))  # cloud, high probability
+    for band in BANDS.values():
+        path = copy / C / cloudy / f"{band}.tif"
+        path.write_bytes(path.read_bytes()[:5000])
+    tile = TILES["inside"]
+    with served(tmp_path, copy) as server:
+        actual, headers = fetch(server, tile, assets="red,green,blue", method="median", cloud_mask="scl")
+    assert headers["X-Items-Unread"] == cloudy
+    assert headers["X-Items-Skipped"] == ""
+    assert cloudy in headers["X-Items"].split(",")
+    stack, valid, kept = read_stack(shared_data, order(items(shared_data), "-datetime"), tile, ["red", "green", "blue"],
+                                    skip=cloudy)
+    assert len(kept) == 4
+    assert_values(actual[:3], np.nanmedian(masked(stack, valid), axis=0))

@@ -109,3 +109,24 @@ def test_utm_grid_in_the_raster_crs_is_a_plain_window(shared_data, item):
     right, bottom = transform * (164, 248)
     actual = read_window(item, ["red"], Grid((left, bottom, right, top), crs, 64, 48))[0]
     np.testing.assert_array_equal(actual.data, band[200:248, 100:164])
+
+
+def test_read_window_skips_blocks_without_wanted_pixels(shared_data, catalog):
+    """A read of only some wanted pixels: the same values there, masked elsewhere; blocks holding no wanted pixel
+    are not part of the read."""
+    path = shared_data / C / CLEAR / "B04.tif"
+    with rasterio.open(path) as src:
+        grid = Grid(tuple(src.bounds), src.crs, src.width, src.height)  # the raster's own grid: 4 × 4 blocks
+        block = src.block_shapes[0]
+        source = SourceGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width)
+    wanted = np.zeros((grid.height, grid.width), dtype=bool)
+    wanted[:100, :100] = True  # one block
+    wanted[600:, 300:700] = True  # two block rows × two block columns
+    item = catalog.item(C, CLEAR)
+    full = read_window(item, ["red"], grid)[0]
+    part = read_window(item, ["red"], grid, wanted=wanted)[0]
+    np.testing.assert_array_equal(np.ma.getmaskarray(part), np.ma.getmaskarray(full) | ~wanted)
+    np.testing.assert_array_equal(part.data[~part.mask], full.data[~part.mask])
+    parts = pixel_map(grid, source).parts(wanted, block)
+    assert sum(p.width * p.height for p in parts) == 256 * 256 + 2 * 256 * (915 - 512)  # 5 of the 16 blocks
+    assert pixel_map(grid, source).parts(np.zeros_like(wanted), block) == []

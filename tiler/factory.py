@@ -103,7 +103,8 @@ def no_post_processing() -> None:
 
 
 def tile_headers(image: ImageData, timings: dict[str, float]) -> dict[str, str]:
-    """OGC API image headers, `Server-Timing`, and the scenes a composite used, read and skipped."""
+    """OGC API image headers, `Server-Timing`, and the scenes a composite used, read, skipped and did not read the
+    bands of (cloud-masked on the whole tile)."""
     headers = {"Server-Timing": ", ".join(f"{stage};dur={ms:.1f}" for stage, ms in timings.items())}
     if image.bounds is not None:
         headers["Content-Bbox"] = ",".join(map(str, image.bounds))
@@ -113,6 +114,7 @@ def tile_headers(image: ImageData, timings: dict[str, float]) -> dict[str, str]:
     if "items" in metadata:
         headers["X-Items"] = ",".join(metadata["items"])
         headers["X-Items-Read"] = str(len(metadata["read"]))
+        headers["X-Items-Unread"] = ",".join(metadata.get("unread", ()))
         headers["X-Items-Skipped"] = ",".join(metadata["skipped"])
     return headers
 
