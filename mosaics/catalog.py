@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -553,7 +554,7 @@ class SQLiteCatalog(Catalog):
         chosen: list[tuple[int, str]] = []
         with self._lock:
             for pk, version, geometry in self._db.execute(sql, params):
-                if area is None or area.intersects(shapely.geometry.shape(json.loads(geometry))):
+                if area is None or area.intersects(shapely.from_geojson(geometry)):
                     chosen.append((pk, version))
                     if len(chosen) == query.limit:
                         break
@@ -602,12 +603,16 @@ class SQLiteCatalog(Catalog):
         )
 
     def _items(self, rows: list[sqlite3.Row]) -> list[Item]:
-        assets: dict[int, dict[str, sqlite3.Row]] = {row["pk"]: {} for row in rows}
+        assets: dict[int, dict[str, dict[str, Any]]] = {row["pk"]: {} for row in rows}
         if rows:
-            for asset in self._db.execute(
-                f"SELECT * FROM assets WHERE item IN ({', '.join('?' * len(rows))})", list(assets)
-            ):
-                assets[asset["item"]][asset["key"]] = asset
+            cursor = self._db.cursor()
+            cursor.row_factory = None  # plain tuples made into dicts: faster to read by name than sqlite3.Row
+            cursor.execute(
+                f"SELECT item, {', '.join(ASSET_COLUMNS)} FROM assets WHERE item IN ({', '.join('?' * len(rows))})",
+                list(assets),
+            )
+            for pk, *values in cursor:
+                assets[pk][values[0]] = dict(zip(ASSET_COLUMNS, values))
         return [_item(row, assets[row["pk"]]) for row in rows]
 
 
@@ -641,7 +646,7 @@ def item_values(item: Item) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _item(row: sqlite3.Row, asset_rows: dict[str, sqlite3.Row]) -> Item:
+def _item(row: sqlite3.Row, asset_rows: dict[str, dict[str, Any]]) -> Item:
     return item_model(row, json.loads(row["stac"]), asset_rows)
 
 
@@ -665,26 +670,37 @@ def item_model(row: Any, item_json: dict[str, Any], asset_rows: dict[str, Any]) 
 
 
 def _asset(row: Any, raw: dict[str, Any]) -> Asset:
-    # one json.loads for the six JSON columns: parsing is most of the cost of reading an item
-    roles, bands, names, common_names, shape, transform = json.loads(
-        f"[{row['roles']},{row['bands']},{row['names']},{row['common_names']},"
-        f"{row['shape'] or 'null'},{row['transform'] or 'null'}]"
+    roles, bands, names, common_names, shape, transform = _asset_lists(
+        row["roles"], row["bands"], row["names"], row["common_names"], row["shape"], row["transform"]
     )
     return Asset(
         key=row["key"],
         href=row["href"],
-        roles=tuple(roles),
+        roles=roles,
         media_type=row["media_type"],
         title=row["title"],
-        bands=tuple(RasterBand(**band) for band in bands),
-        names=tuple(names),
-        common_names=tuple(common_names),
+        bands=bands,
+        names=names,
+        common_names=common_names,
         epsg=row["epsg"],
-        shape=None if shape is None else tuple(shape),
-        transform=None if transform is None else tuple(transform),
+        shape=shape,
+        transform=transform,
         gsd=row["gsd"],
         stac=raw,
     )
+
+
+@lru_cache(maxsize=4096)
+def _asset_lists(
+    roles: str, bands: str, names: str, common_names: str, shape: str | None, transform: str | None
+) -> tuple[Any, ...]:
+    """The immutable fields of an asset's six stored JSON columns, parsed once per distinct set (the same bands,
+    roles and grids recur across a collection's items, and parsing was most of the cost of reading an item)."""
+    lists = json.loads(f"[{roles},{bands},{names},{common_names},{shape or 'null'},{transform or 'null'}]")
+    return (
+        tuple(lists[0]), tuple(RasterBand(**band) for band in lists[1]), tuple(lists[2]), tuple(lists[3]),
+        None if lists[4] is None else tuple(lists[4]), None if lists[5] is None else tuple(lists[5]),
+    )  # fmt: skip
 
 
 # --- search parameters ---------------------------------------------------------------------------
