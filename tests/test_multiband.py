@@ -107,9 +107,9 @@ def test_the_bands_of_one_asset_are_one_read(data, monkeypatch):
     calls = []
     real = reader._read_mapped
 
-    def counted(path, grid, nodata, bands):
+    def counted(path, grid, nodata, bands, *wanted):
         calls.append((path.rsplit("/", 1)[-1], list(bands)))
-        return real(path, grid, nodata, bands)
+        return real(path, grid, nodata, bands, *wanted)
 
     monkeypatch.setattr(reader, "_read_mapped", counted)
     catalog = Catalog(data.parent / "count.db")
