@@ -16,7 +16,9 @@ from uvicorn.supervisors import Multiprocess
 
 # GDAL (local COGs and S3 alike) and numba settings for every worker (documented in the README).
 GDAL_ENV = {
-    "GDAL_CACHEMAX": "256",
+    # MB of decoded blocks: the pooled datasets keep them across requests; one 4×3-tile z13 view of a 20-scene
+    # composite needs ~350 MB (3 bands + mask × 20 scenes × ~10 blocks of 512² px), so 256 could not hold one
+    "GDAL_CACHEMAX": "1024",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
     "VSI_CACHE": "TRUE",
