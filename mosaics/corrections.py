@@ -21,7 +21,7 @@ from diskcache import Cache
 
 from algorithms import corrections as kernels
 from mosaics.datasets import PooledReader, gdal_path
-from mosaics.errors import InvalidParameter
+from mosaics.errors import InvalidParameter, registered
 from mosaics.fileversions import FILE_VERSIONS
 from mosaics.models import Asset, Item
 from mosaics.reader import to_physical
@@ -106,10 +106,7 @@ CORRECTIONS: dict[str, Correction] = {c.name: c for c in (
 
 def get_correction(name: str) -> Correction:
     """The registered correction called `name` (InvalidParameter naming `correction` otherwise)."""
-    try:
-        return CORRECTIONS[name]
-    except KeyError:
-        raise InvalidParameter("correction", f"'{name}' is not one of {', '.join(CORRECTIONS)}") from None
+    return registered(CORRECTIONS, "correction", name)
 
 
 def check(correction: str, item: Item, keys: Sequence[str] = ()) -> None:

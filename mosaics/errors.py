@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from typing import TypeVar
 
 # URLs and GDAL virtual paths anywhere; other absolute paths (also quoted ones, which may hold spaces) only
 # when their first directory exists on this host, so that URL paths like `/collections/…` stay.
@@ -66,3 +68,14 @@ class SceneReadError(JeoError):
         self.item_id, self.asset = item_id, asset
         self.skipped = skipped or {}  # with asset "*": each unreadable scene's own error (item id → message)
         super().__init__(f"item '{item_id}' asset '{asset}': {redact_paths(cause)}")
+
+
+T = TypeVar("T")
+
+
+def registered(registry: Mapping[str, T], parameter: str, name: str) -> T:
+    """`registry[name]`; InvalidParameter naming `parameter` and the registered names otherwise."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise InvalidParameter(parameter, f"'{name}' is not one of {', '.join(registry)}") from None

@@ -15,7 +15,7 @@ import numpy as np
 
 from algorithms import composite as kernels
 from algorithms import indices
-from mosaics.errors import InvalidParameter
+from mosaics.errors import registered
 
 NDVI_BANDS = indices.INDICES["ndvi"].bands
 
@@ -63,10 +63,7 @@ METHODS: dict[str, Method] = {method.name: method for method in (
 
 def get_method(name: str) -> Method:
     """The registered method called `name` (InvalidParameter naming `method` otherwise)."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise InvalidParameter("method", f"'{name}' is not one of {', '.join(METHODS)}") from None
+    return registered(METHODS, "method", name)
 
 
 def describe() -> str:
