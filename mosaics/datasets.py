@@ -94,6 +94,8 @@ class DatasetPool:
         with self._lock:
             handles = self._idle.get(key)
             dataset = handles.pop() if handles else None
+            if handles == []:  # no empty lists: eviction takes the oldest key's first handle
+                del self._idle[key]
             self._count -= dataset is not None
             replaced = self._versions.setdefault(path, key[1]) != key[1]
             if replaced:
