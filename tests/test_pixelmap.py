@@ -130,3 +130,60 @@ def test_read_window_skips_blocks_without_wanted_pixels(shared_data, catalog):
     parts = pixel_map(grid, source).parts(wanted, block)
     assert sum(p.width * p.height for p in parts) == 256 * 256 + 2 * 256 * (915 - 512)  # 5 of the 16 blocks
     assert pixel_map(grid, source).parts(np.zeros_like(wanted), block) == []
+
+
+def _source(path) -> SourceGrid:
+    with rasterio.open(path) as src:
+        shapes = []
+        for level in range(len(src.overviews(1))):
+            with rasterio.open(path, overview_level=level) as overview:
+                shapes.append(overview.shape)
+        return SourceGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width,
+                          tuple(src.overviews(1)), tuple(shapes))
+
+
+def _grids(bounds, zooms, per_zoom=6, sizes=(256, 512)):
+    """Tiles over lon/lat `bounds` at `zooms` (their corners and spread inside), at each tile size."""
+    west, south, east, north = bounds
+    for z in zooms:
+        points = [(west + (east - west) * i / (per_zoom - 1), south + (north - south) * ((i * 7) % per_zoom) / (per_zoom - 1))
+                  for i in range(per_zoom)]
+        for tile in dict.fromkeys(WM.tile(lon, lat, z) for lon, lat in points):
+            for size in sizes:
+                yield Grid.for_tile(WM, tile, size)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326", "EPSG:3035"])
+def test_interpolated_centres_give_the_map_of_projecting_every_centre(shared_data, monkeypatch, crs):
+    """PROJ projects a lattice of the tile's pixel centres, the rest are interpolated: the pixel maps are those
+    of projecting every centre, from coarse zooms (where the lattice is not accurate enough) to fine ones."""
+    from rasterio.warp import transform_bounds
+
+    from mosaics import pixelmap
+
+    real = _source(shared_data / C / ITEM / "B04.tif")
+    if crs == real.crs or crs == "EPSG:32633":
+        source = real
+    else:  # the same raster's footprint on a grid in another CRS, pixels of about the same size
+        left, bottom, right, top = transform_bounds(real.crs, crs, *rasterio.transform.array_bounds(
+            real.height, real.width, rasterio.Affine(*real.transform)))
+        size = (right - left) / real.width
+        source = SourceGrid(rasterio.crs.CRS.from_user_input(crs).to_wkt(), (size, 0.0, left, 0.0, -size, top),
+                            round((top - bottom) / size), real.width, real.overviews, real.overview_shapes)
+    bounds = transform_bounds(real.crs, "EPSG:4326", *rasterio.transform.array_bounds(
+        real.height, real.width, rasterio.Affine(*real.transform)))
+    interpolated = []
+    for grid in _grids(bounds, (3, 6, 8, 10, 12, 14, 16)):
+        pixelmap._pixel_map.cache_clear()
+        approx = pixelmap._pixel_map(grid, source)
+        interpolated.append(pixelmap._centres(grid, source.crs).error > 0)
+        with monkeypatch.context() as patch:
+            patch.setattr(pixelmap, "_centres", pixelmap._projected)
+            pixelmap._pixel_map.cache_clear()
+            exact = pixelmap._pixel_map(grid, source)
+        assert (approx.level, approx.window) == (exact.level, exact.window), grid
+        np.testing.assert_array_equal(approx.inside, exact.inside)
+        np.testing.assert_array_equal(approx.rows[exact.inside], exact.rows[exact.inside])
+        np.testing.assert_array_equal(approx.cols[exact.inside], exact.cols[exact.inside])
+    pixelmap._pixel_map.cache_clear()
+    assert sum(interpolated) > len(interpolated) / 2  # the lattice is used at most zooms
