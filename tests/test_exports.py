@@ -186,6 +186,14 @@ def job_states(job: str) -> dict[str, str]:
     return dict(line.split() for line in out.stdout.splitlines() if line.strip())
 
 
+def ended_states(job: str, timeout: float = 60) -> dict[str, str]:
+    """`job_states` once the job has ended: a merge job records the export done shortly before it exits."""
+    deadline = time.time() + timeout
+    while live_jobs([job]) and time.time() < deadline:
+        time.sleep(0.5)
+    return job_states(job)
+
+
 def work_dir(server: Server, export_id: str) -> Path:
     return server.home / "exports-work" / export_id
 
@@ -370,9 +378,10 @@ def test_slurm_export_runs_an_array_and_a_merge_job(xserver, whole):
     array, merge = record["jobs"]
     states = job_states(array)
     assert sorted(states) == [f"{array}_{i}" for i in range(4)] and set(states.values()) == {"COMPLETED"}, states
-    assert job_states(merge) == {merge: "COMPLETED"}
+    assert ended_states(merge) == {merge: "COMPLETED"}
     logs = work_dir(xserver, record["id"]) / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["chunk-0.log", "chunk-1.log", "chunk-2.log", "chunk-3.log", "merge.log"]
+    assert "read threads: 1)" in (logs / "chunk-0.log").read_text()  # the task's one CPU (--cpus-per-task=1)
     submitted = (work_dir(xserver, record["id"]) / "jobs.txt").read_text()
     assert "--array=0-3%4" in submitted and f"--dependency=afterok:{array}" in submitted
     times = {}

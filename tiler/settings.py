@@ -154,7 +154,9 @@ class Settings(BaseSettings):
     export_slurm_merge_time: str | None = Field(None, description="sbatch --time of the merge job.")
     export_slurm_mem: str | None = Field(None, description="sbatch --mem per chunk job (e.g. 8G).")
     export_slurm_merge_mem: str | None = Field(None, description="sbatch --mem of the merge job.")
-    export_slurm_cpus_per_task: int = Field(1, description="sbatch --cpus-per-task per chunk job.")
+    export_slurm_cpus_per_task: int = Field(
+        1, description="sbatch --cpus-per-task per chunk job; its kernel and read threads (JEO_READ_THREADS) follow."
+    )
     export_slurm_max_parallel: int = Field(4, description="Array throttle: at most this many chunk jobs at once (`%N`).")
     export_slurm_extra: str = Field("", description="Extra sbatch options, shell-quoted (e.g. `--qos=low --nice=10`).")
     export_s3_endpoint_url: str | None = Field(None, description="S3 endpoint for `s3://` destinations (default: boto3's).")

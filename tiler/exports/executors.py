@@ -373,7 +373,8 @@ class SlurmExecutor:
             f"# jeo-tiler export {record.id}: {what}",
             "set -eo pipefail",
             *(f"export {key}={shlex.quote(value)}" for key, value in self.env.items()),
-            'export NUMBA_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+            # a task computes with the CPUs it was given: its kernels' threads and its read threads
+            'export NUMBA_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" JEO_READ_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
             f"cd {shlex.quote(record.plan.work_dir)}",
             "exec " + " ".join(shlex.quote(part) for part in command),
             "",

@@ -119,7 +119,7 @@ def _compute(worker: Worker, plan: ExportPlan, chunk: int, pool: ThreadPoolExecu
     store, job, export_id = worker.store, worker.job, plan.id
     window = plan.windows[chunk]
     print(f"export {export_id} chunk {chunk}/{plan.chunks_total}: window {tuple(window)} on {os.uname().nodename} "
-          f"({job})", flush=True)
+          f"({job}, read threads: {worker.read_threads})", flush=True)
     start = time.perf_counter()
     try:
         values, skipped = compute_chunk(plan, chunk, worker.catalog, pool, worker.corrector)
