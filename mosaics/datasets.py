@@ -1,6 +1,7 @@
 """Opening catalog rasters safely, and a bounded per-process pool of open datasets reused across requests.
 
-`open_raster` is the one way catalog data is opened: GeoTIFF/COG only, self-contained (see there).
+`open_raster` is the one way catalog data is opened: GeoTIFF/COG only, self-contained (see there); the pool
+checks each file version once and then opens its overview levels directly.
 A pooled handle is lent to one reader at a time (GDAL handles are not shared between threads) and returned
 afterwards; the least recently used idle handles are closed beyond `max_open`. Files are keyed by path
 and file version (`mosaics.fileversions`), so a file replaced on disk or on S3 is reopened; for S3, GDAL's
@@ -10,6 +11,7 @@ process-wide cache of the object's blocks is dropped first, else the new handle 
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -76,13 +78,32 @@ def drop_gdal_cache(path: str) -> None:
         pass
 
 
-class DatasetPool:
-    """Open datasets by path, lending each to one user at a time."""
+def file_limit(wanted: int) -> int:
+    """The process's open-file limit, raised towards `wanted` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else soft
 
-    def __init__(self, max_open: int = 256):
-        self.max_open = max_open
+
+class DatasetPool:
+    """Open datasets by path, lending each to one user at a time.
+
+    A composite of N scenes at one zoom keeps about N × its assets handles open (one per overview level read);
+    the bound keeps `FILE_HEADROOM` descriptors of the process's limit for sockets and other files."""
+
+    FILE_HEADROOM = 256
+
+    def __init__(self, max_open: int = 1024):
+        self.max_open = max(1, min(max_open, file_limit(max_open + self.FILE_HEADROOM) - self.FILE_HEADROOM))
         self._idle: OrderedDict[Key, list[DatasetReader]] = OrderedDict()
         self._versions: dict[str, str] = {}
+        self._checked: dict[str, str] = {}  # path → the version open_raster last accepted
         self._count = 0  # idle handles in `_idle`
         self._lock = threading.Lock()
 
@@ -109,7 +130,11 @@ class DatasetPool:
             if path.startswith("/vsi"):
                 drop_gdal_cache(path)
         if dataset is None:
-            dataset = open_raster(path, overview_level)
+            if overview_level is not None and self._checked.get(path) == key[1]:
+                dataset = _open_gtiff(path, overview_level=overview_level)
+            else:
+                dataset = open_raster(path, overview_level)
+                self._checked[path] = key[1]
         try:
             yield dataset
         finally:
@@ -139,7 +164,7 @@ class DatasetPool:
             return self._count
 
 
-POOL = DatasetPool(int(os.environ.get("JEO_MAX_OPEN_DATASETS", "256")))
+POOL = DatasetPool(int(os.environ.get("JEO_MAX_OPEN_DATASETS", "1024")))
 
 
 @attr.s

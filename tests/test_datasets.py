@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
+from rasterio.errors import RasterioIOError
+
 from mosaics.datasets import DatasetPool
+from tests.test_catalog_safety import geotiff_naming
 
 C = "sentinel-2-l2a-timeseries/S2B_33TWM_20230813_0_L2A"
 
@@ -35,3 +41,19 @@ def test_a_returned_handle_is_lent_again(shared_data):
         with pool.open(path) as third:  # lent out: another handle
             assert third is not first
     assert pool.idle() == 2
+
+
+def test_overview_levels_of_a_replaced_file_are_checked_again(shared_data, tmp_path):
+    """The pool checks a file version once and then opens its overview levels directly; a file replaced by one
+    that names other files is checked again, and refused."""
+    real = shared_data / C / "B04.tif"
+    path = tmp_path / "B04.tif"
+    shutil.copy(real, path)
+    pool = DatasetPool(max_open=4)
+    with pool.open(str(path)) as dataset:
+        assert dataset.overviews(1)
+    with pool.open(str(path), overview_level=0) as overview:
+        assert overview.width < dataset.width
+    geotiff_naming(real, path, "/vsicurl/http://127.0.0.1:9/overview.tif")
+    with pytest.raises(RasterioIOError, match="names another file"), pool.open(str(path), overview_level=0):
+        pass
