@@ -2,7 +2,7 @@
 """Single-scene tile benchmark, jeo-tiler vs titiler, side by side in one run (issue 3).
 
 Same tile list (WebMercatorQuad, drawn by ../shared/bench/bench_server.py from the scene's inner bounds), same
-files, same machine, same HTTP stack (uvicorn, h11, asyncio loop, TCP_NODELAY on the listener), same GDAL
+files, same machine, same HTTP stack (uvicorn with httptools and uvloop, TCP_NODELAY on the listener), same GDAL
 environment (`tiler.serve.GDAL_ENV`) for both servers:
 
 * true colour: jeo `…/items/{id}/tiles/…png?assets=red,green,blue&rescale=0,0.3` (physical reflectance)
@@ -319,12 +319,12 @@ def jeo_server(ctx: Context, workers: int, cache: Path | None = None, evict_dir:
 
 
 def titiler_server(ctx: Context, workers: int, evict_dir: str | None = None, cpus: str | None = None) -> ServerSpec:
-    """titiler.application with uvicorn h11 + asyncio (as jeo-tiler's venv) and TCP_NODELAY, same GDAL env; on
-    `cpus` if given."""
+    """titiler.application with uvicorn's httptools + uvloop (as `jeo serve`: both venvs have uvicorn[standard])
+    and TCP_NODELAY, same GDAL env; on `cpus` if given."""
     port = free_port()
     py = TITILER_VENV / "bin" / "python"
     cmd = (f"{py} {ctx.work / 'nodelay_uvicorn.py'} titiler.application.main:app --host 127.0.0.1 --port {port} "
-           f"--workers {workers} --http h11 --loop asyncio")
+           f"--workers {workers} --http httptools --loop uvloop")
     env = dict(ctx.gdal_env, MALLOC_ARENA_MAX="2")
     return ServerSpec("titiler", f"taskset -c {cpus} {cmd}" if cpus else cmd, env, port, workers, evict_dir)
 
